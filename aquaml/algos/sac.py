@@ -1,0 +1,226 @@
+"""Soft Actor-Critic (Haarnoja et al., 2018), with twin critics and a learned temperature.
+
+Reads top to bottom: the losses as the paper writes them (public, so tests check them by hand),
+the policy, then one compiled update. No MPI in here: the caller feeds batches and publishes weights.
+
+Batch layout (from ``transition_info``): every observation name, the same names prefixed ``next_``
+(the observation *returned by* the step, also on truncation), ``action`` (the squashed action in
+[-1, 1]), ``reward``, ``terminated`` and ``truncated``, each ``(batch, *shape)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aquaml.algos.params import SACParameters
+from aquaml.data import DataInfo, SpecError
+from aquaml.distributions import squashed_gaussian_sample
+from aquaml.model import ModelSpec
+from aquaml.storage import atomic_path
+
+
+def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
+    """The replay columns for one transition ``(o, a, r, o', terminated, truncated)``."""
+    return (obs_info.merge(obs_info.prefixed("next_"))
+            .merge(DataInfo("action", action_info.shape("action"), np.float32))
+            .add_info(("reward", "terminated", "truncated"), ((), (), ()), np.float32))
+
+
+class SAC:
+    """Soft Actor-Critic on an actor (``'actor'``) and twin critics (``'qf1'``, ``'qf2'``).
+
+    The actor's ``action`` output is the mean of a Gaussian before tanh squashing. Its ``log_std``
+    output is used when present, otherwise a learned state-independent ``log_std``.
+    """
+
+    name = "SAC"
+    parameters_class = SACParameters
+    required_models = ("actor", "qf1", "qf2")
+    metric_names = ("losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha",
+                    "losses/entropy", "losses/qf_values")
+
+    def __init__(self, models: Mapping[str, ModelSpec], obs_info: DataInfo, action_info: DataInfo,
+                 params: SACParameters) -> None:
+        if not isinstance(params, SACParameters):
+            raise TypeError(f"SAC needs SACParameters, got {type(params).__name__}")
+        if action_info.dtype("action").kind != "f":
+            raise SpecError("SAC needs a continuous (Box) action; this environment's action is "
+                            f"{action_info.dtype('action').name} of shape {action_info.shape('action')}. "
+                            "Use PPO for discrete actions.")
+        self.params = params
+        self.models = dict(models)
+        self.actor, self.qf1, self.qf2 = (models[k] for k in self.required_models)
+        self.obs_info, self.action_info = obs_info, action_info
+        self.batch_info = transition_info(obs_info, action_info)
+        action_dim = int(np.prod(action_info.shape("action")))
+        self.target_entropy = float(-action_dim if params.target_entropy is None else params.target_entropy)
+        self.gamma = float(params.gamma)
+
+        self.actor_has_log_std = "log_std" in self.actor.output_names
+        self.log_std = None if self.actor_has_log_std else keras.Variable(
+            np.full(action_info.shape("action"), params.init_log_std, np.float32), name="log_std")
+        self.log_alpha = keras.Variable(np.float32(math.log(params.alpha)), name="log_alpha")
+        self.alpha_optimizer = keras.optimizers.Adam(learning_rate=params.alpha_learning_rate)
+
+        sample = self.batch_info.zeros((1,))
+        self.targets = {}
+        for spec in (self.qf1, self.qf2):
+            target = spec.factory()
+            target(*spec.inputs(sample))
+            target.set_weights(spec.model.get_weights())
+            self.targets[spec.key] = target
+
+        self.actor.optimizer.build(self._actor_variables())
+        for spec in (self.qf1, self.qf2):
+            spec.optimizer.build(spec.model.trainable_variables)
+        self.alpha_optimizer.build([self.log_alpha])
+        self.noise = tf.random.Generator.from_seed(params.seed + 7919)
+
+        signature = [self.batch_info.tensor_specs()]
+        self._update = tf.function(self._update_step, input_signature=signature, jit_compile=params.jit_compile)
+        act_signature = [obs_info.select(self.actor.input_names).tensor_specs()]
+        self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_signature)
+        self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_signature)
+
+    # --- losses, as in the paper ---------------------------------------------------------------
+    @property
+    def alpha(self) -> tf.Tensor:
+        return tf.exp(self.log_alpha) if self.params.auto_alpha else tf.constant(self.params.alpha, tf.float32)
+
+    def critic_target(self, reward: tf.Tensor, terminated: tf.Tensor, next_q1: tf.Tensor, next_q2: tf.Tensor,
+                      next_log_prob: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+        """``y = r + gamma * (1 - terminated) * (min(Q1', Q2') - alpha * log pi(a'|o'))``.
+
+        Truncated transitions are not terminated: they bootstrap from the final observation.
+        """
+        soft_value = tf.minimum(next_q1, next_q2) - alpha * next_log_prob
+        return reward + self.gamma * (1.0 - terminated) * soft_value
+
+    @staticmethod
+    def critic_loss(q1: tf.Tensor, q2: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+        """``0.5 * mean((Q1 - y)^2) + 0.5 * mean((Q2 - y)^2)``."""
+        return 0.5 * tf.reduce_mean(tf.square(q1 - target)) + 0.5 * tf.reduce_mean(tf.square(q2 - target))
+
+    @staticmethod
+    def actor_loss(log_prob: tf.Tensor, q1: tf.Tensor, q2: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+        """``mean(alpha * log pi(a|o) - min(Q1, Q2)(o, a))`` with ``a`` reparameterised."""
+        return tf.reduce_mean(alpha * log_prob - tf.minimum(q1, q2))
+
+    def alpha_loss(self, log_alpha: tf.Tensor, log_prob: tf.Tensor) -> tf.Tensor:
+        """``-mean(log_alpha * (log pi + target_entropy))``: raises alpha while entropy is too low."""
+        return -tf.reduce_mean(log_alpha * tf.stop_gradient(log_prob + self.target_entropy))
+
+    # --- policy --------------------------------------------------------------------------------
+    def _actor_variables(self) -> list:
+        return list(self.actor.model.trainable_variables) + ([] if self.log_std is None else [self.log_std])
+
+    def _actor_outputs(self, obs: Mapping[str, tf.Tensor], prefix: str = "") -> dict[str, tf.Tensor]:
+        out = self.actor.model(*self.actor.inputs(obs, prefix))
+        out = dict(zip(self.actor.output_names, out))
+        mean = out["action"]
+        log_std = out["log_std"] if self.actor_has_log_std else tf.broadcast_to(self.log_std, tf.shape(mean))
+        out["log_std"] = tf.clip_by_value(log_std, self.params.log_std_min, self.params.log_std_max)
+        return out
+
+    def policy(self, obs: Mapping[str, tf.Tensor], prefix: str = "") -> tuple[tf.Tensor, tf.Tensor]:
+        """Sample a squashed action for ``obs`` (``prefix='next_'`` reads next observations)."""
+        out = self._actor_outputs(obs, prefix)
+        return squashed_gaussian_sample(out["action"], out["log_std"], self._noise(tf.shape(out["action"])))
+
+    def _noise(self, shape: tf.Tensor) -> tf.Tensor:
+        """Standard normal exploration noise (tests replace it to make the update hand-computable)."""
+        return self.noise.normal(shape)
+
+    def _q(self, model: keras.Model, spec: ModelSpec, obs: Mapping[str, tf.Tensor], action: tf.Tensor,
+           prefix: str = "") -> tf.Tensor:
+        q = model(*spec.inputs(obs, prefix, action))
+        return tf.reshape(q, [-1])
+
+    def _act(self, obs: Mapping[str, tf.Tensor], deterministic: bool) -> dict[str, tf.Tensor]:
+        out = self._actor_outputs(obs)
+        if deterministic:
+            action = tf.tanh(out["action"])
+        else:
+            action, _ = squashed_gaussian_sample(out["action"], out["log_std"], self._noise(tf.shape(out["action"])))
+        extra = {k: v for k, v in out.items() if k not in ("action", "log_std")}
+        return {"action": action, **extra}
+
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
+        """Actions for a batch of observations: ``{'action': (batch, *action_shape), ...state}``."""
+        fn = self._act_deterministic if deterministic else self._act_explore
+        return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
+
+    # --- update --------------------------------------------------------------------------------
+    def _update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        alpha = self.alpha
+        next_action, next_log_prob = self.policy(batch, "next_")
+        target = tf.stop_gradient(self.critic_target(
+            batch["reward"], batch["terminated"],
+            self._q(self.targets["qf1"], self.qf1, batch, next_action, "next_"),
+            self._q(self.targets["qf2"], self.qf2, batch, next_action, "next_"),
+            next_log_prob, alpha))
+
+        q_vars = [self.qf1.model.trainable_variables, self.qf2.model.trainable_variables]
+        with tf.GradientTape() as tape:
+            q1 = self._q(self.qf1.model, self.qf1, batch, batch["action"])
+            q2 = self._q(self.qf2.model, self.qf2, batch, batch["action"])
+            qf_loss = self.critic_loss(q1, q2, target)
+        grads = tape.gradient(qf_loss, q_vars)
+        for spec, g, v in zip((self.qf1, self.qf2), grads, q_vars):
+            spec.optimizer.apply_gradients(zip(g, v))
+
+        actor_vars = self._actor_variables()
+        with tf.GradientTape() as tape:
+            action, log_prob = self.policy(batch)
+            pi_loss = self.actor_loss(log_prob, self._q(self.qf1.model, self.qf1, batch, action),
+                                      self._q(self.qf2.model, self.qf2, batch, action), alpha)
+        self.actor.optimizer.apply_gradients(zip(tape.gradient(pi_loss, actor_vars), actor_vars))
+
+        with tf.GradientTape() as tape:
+            a_loss = self.alpha_loss(self.log_alpha, log_prob)
+        if self.params.auto_alpha:
+            self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
+
+        tau = self.params.tau
+        for spec in (self.qf1, self.qf2):
+            for t, s in zip(self.targets[spec.key].weights, spec.model.weights):
+                t.assign((1.0 - tau) * t + tau * s)
+        return tf.stack([qf_loss, pi_loss, a_loss, alpha, -tf.reduce_mean(log_prob), tf.reduce_mean(q1)])
+
+    def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
+        """One gradient step on every network; returns the metrics in ``metric_names`` order."""
+        return self._update(batch)
+
+    # --- weights -------------------------------------------------------------------------------
+    def actor_weights(self) -> list[np.ndarray]:
+        """The actor's weights (and the global log_std when used), for publishing to workers."""
+        extra = [] if self.log_std is None else [np.asarray(self.log_std)]
+        return list(self.actor.model.get_weights()) + extra
+
+    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
+        n = len(self.actor.model.weights)
+        self.actor.model.set_weights(weights[:n])
+        if self.log_std is not None:
+            self.log_std.assign(weights[n])
+
+    def save(self, directory: str) -> None:
+        """Write every model's weights (``<key>.weights.h5``) and ``sac_state.npz``, each atomically."""
+        os.makedirs(directory, exist_ok=True)
+        for key, spec in self.models.items():
+            with atomic_path(os.path.join(directory, f"{key}.weights.h5")) as tmp:
+                spec.model.save_weights(tmp)
+        state = {"log_alpha": np.asarray(self.log_alpha)}
+        if self.log_std is not None:
+            state["log_std"] = np.asarray(self.log_std)
+        with atomic_path(os.path.join(directory, "sac_state.npz")) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **state)
+
+
+#: The reference AquaML's name for SAC.
+SAC2 = SAC

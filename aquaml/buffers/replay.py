@@ -1,0 +1,97 @@
+"""ReplayBuffer: struct-of-arrays transitions in per-worker slices, over any array store.
+
+Every column of the buffer's DataInfo is one array of shape ``(num_slices, slice_capacity, *shape)``.
+Each worker owns one slice and its write counter; the counter only grows, so ``counter % capacity``
+is the next row and ``min(counter, capacity)`` the rows filled. Sampling is uniform over every row
+written in every slice.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from aquaml.data import DataInfo
+
+
+class ArrayStore(Protocol):
+    """Where a buffer's arrays live. ``allocate`` returns a zeroed array of that shape and dtype."""
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
+
+
+class LocalArrayStore:
+    """Plain numpy arrays in this process."""
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+
+class ReplayBuffer:
+    """A FIFO replay memory split into ``num_slices`` slices of equal capacity.
+
+    Args:
+        info: the columns of one transition (see ``aquaml.algos.sac.transition_info``).
+        capacity: total rows over all slices (rounded up to a multiple of ``num_slices``).
+        num_slices: one per worker (one writer each).
+        store: where the arrays live; defaults to local numpy arrays.
+
+    Raises:
+        ValueError: capacity or num_slices is not positive.
+    """
+
+    def __init__(self, info: DataInfo, capacity: int, num_slices: int = 1, store: ArrayStore | None = None):
+        if capacity <= 0 or num_slices <= 0:
+            raise ValueError(f"ReplayBuffer needs capacity > 0 and num_slices > 0, got {capacity}, {num_slices}")
+        store = store or LocalArrayStore()
+        self.info = info
+        self.num_slices = num_slices
+        self.slice_capacity = -(-capacity // num_slices)
+        self.arrays = {n: store.allocate(n, (num_slices, self.slice_capacity) + info.shape(n), info.dtype(n))
+                       for n in info.names}
+        self.counters = store.allocate("__counters__", (num_slices,), np.dtype(np.int64))
+
+    @property
+    def capacity(self) -> int:
+        return self.num_slices * self.slice_capacity
+
+    def filled(self) -> np.ndarray:
+        """Rows holding data, per slice."""
+        return np.minimum(self.counters, self.slice_capacity)
+
+    def __len__(self) -> int:
+        return int(self.filled().sum())
+
+    def write(self, slice_index: int, transition: Mapping[str, np.ndarray]) -> None:
+        """Append one transition (a dict with every column) to a slice; the counter moves last."""
+        row = int(self.counters[slice_index] % self.slice_capacity)
+        for name, array in self.arrays.items():
+            array[slice_index, row] = transition[name]
+        self.counters[slice_index] += 1
+
+    def write_batch(self, slice_index: int, transitions: Mapping[str, np.ndarray]) -> None:
+        """Append ``n`` transitions (arrays of shape ``(n, *shape)``) to a slice, in order."""
+        n = len(transitions[self.info.names[0]])
+        rows = (int(self.counters[slice_index]) + np.arange(n)) % self.slice_capacity
+        for name, array in self.arrays.items():
+            array[slice_index, rows] = transitions[name]
+        self.counters[slice_index] += n
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``batch_size`` transitions drawn uniformly, with replacement, from all filled rows.
+
+        Raises:
+            ValueError: the buffer is empty.
+        """
+        filled = self.filled()
+        total = int(filled.sum())
+        if total == 0:
+            raise ValueError("cannot sample from an empty ReplayBuffer")
+        flat = rng.integers(0, total, size=batch_size)
+        if self.num_slices == 1:
+            slices, rows = np.zeros(batch_size, np.intp), flat
+        else:
+            starts = np.cumsum(filled) - filled
+            slices = np.searchsorted(starts, flat, side="right") - 1
+            rows = flat - starts[slices]
+        return {n: a[slices, rows] for n, a in self.arrays.items()}

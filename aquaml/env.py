@@ -1,0 +1,204 @@
+"""Environments: the RLBaseEnv interface and GymnasiumEnv, a ready wrapper for any gymnasium task.
+
+An environment speaks in dicts of named arrays, described by DataInfo specs:
+
+- ``reset() -> obs_dict``
+- ``step(action_dict) -> (obs_dict, reward_dict, terminated, truncated, info)``
+
+``reward_dict`` holds ``total_reward`` (what is optimised) plus any named components, which are
+logged separately. ``terminated`` (a true end: no bootstrapping) and ``truncated`` (a time limit:
+the value of the final observation is bootstrapped) stay distinct all the way to the loss.
+"""
+from __future__ import annotations
+
+import abc
+import warnings
+from typing import Any, Mapping, NamedTuple
+
+import numpy as np
+
+from aquaml.data import DataInfo, SpecError
+
+_LEGACY_WARNED: set[str] = set()
+
+
+class StepResult(NamedTuple):
+    """One environment transition in the five-part form."""
+    obs: dict
+    reward: dict
+    terminated: bool
+    truncated: bool
+    info: dict
+
+
+def normalize_reward(reward: Any, source: str) -> dict[str, float]:
+    """Turn a scalar or a dict reward into ``{'total_reward': float, ...components}``."""
+    if isinstance(reward, Mapping):
+        if "total_reward" not in reward:
+            raise SpecError(f"{source}: reward dict must contain 'total_reward', got keys {sorted(reward)}")
+        return {k: float(np.asarray(v).reshape(())) for k, v in reward.items()}
+    return {"total_reward": float(np.asarray(reward).reshape(()))}
+
+
+def normalize_step(result: Any, source: str) -> StepResult:
+    """Accept a 5-tuple step result, or a legacy 4-tuple with a one-time warning.
+
+    A legacy ``(obs, reward, done, info)`` is split with ``info['TimeLimit.truncated']``: a done
+    episode that hit the time limit is truncated, any other done episode is terminated.
+
+    Raises:
+        SpecError: the result is neither a 5-tuple nor a 4-tuple.
+    """
+    if not isinstance(result, tuple) or len(result) not in (4, 5):
+        raise SpecError(f"{source}.step() must return (obs, reward, terminated, truncated, info); "
+                        f"got {type(result).__name__} of length {len(result) if isinstance(result, tuple) else '-'}")
+    if len(result) == 5:
+        obs, reward, terminated, truncated, info = result
+    else:
+        obs, reward, done, info = result
+        if source not in _LEGACY_WARNED:
+            _LEGACY_WARNED.add(source)
+            warnings.warn(f"{source}.step() returns the old 4-tuple (obs, reward, done, info); "
+                          "reading info['TimeLimit.truncated'] to tell truncation from termination. "
+                          "Return (obs, reward, terminated, truncated, info) instead.", stacklevel=3)
+        info = dict(info or {})
+        truncated = bool(done) and bool(info.get("TimeLimit.truncated", False))
+        terminated = bool(done) and not truncated
+    return StepResult(obs, normalize_reward(reward, source), bool(terminated), bool(truncated),
+                      dict(info or {}))
+
+
+class RLBaseEnv(abc.ABC):
+    """Base class of aquaml environments (the reference AquaML's interface, on gymnasium semantics).
+
+    A subclass sets ``self._obs_info`` (a DataInfo of the observation entries) in ``__init__`` and
+    implements ``reset`` and ``step``. It may set ``self._action_info`` to have the actor's
+    ``action`` output checked against it at start-up.
+
+    Recurrent state (for recurrent actors) travels as observation entries: ``initial_obs`` adds
+    zeros for them after a reset and ``check_obs`` copies the actor's returned state after a step.
+    """
+
+    def __init__(self) -> None:
+        self._obs_info: DataInfo | None = None
+        self._action_info: DataInfo | None = None
+        self._recurrent_info: DataInfo = DataInfo((), ())
+
+    @property
+    def obs_info(self) -> DataInfo:
+        """The observation spec, recurrent-state entries included."""
+        info = getattr(self, "_obs_info", None)
+        if not isinstance(info, DataInfo):
+            raise SpecError(f"{type(self).__name__} must set self._obs_info = DataInfo(names=..., "
+                            f"shapes=..., dtypes=...) in __init__; got {info!r}")
+        recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
+        return info.merge(recurrent) if len(recurrent) else info
+
+    @property
+    def action_info(self) -> DataInfo | None:
+        """The action spec if the environment declares one (GymnasiumEnv always does)."""
+        return getattr(self, "_action_info", None)
+
+    def set_recurrent_info(self, info: DataInfo) -> None:
+        """Declare the recurrent-state entries that ``initial_obs``/``check_obs`` maintain."""
+        self._recurrent_info = info
+
+    def initial_obs(self, obs: dict) -> dict:
+        """Add zero recurrent state to a freshly reset observation."""
+        recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
+        if len(recurrent):
+            obs = {**obs, **recurrent.zeros()}
+        return obs
+
+    def check_obs(self, obs: dict, action_dict: Mapping[str, Any]) -> dict:
+        """Copy the actor's returned recurrent state into the next observation."""
+        recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
+        if len(recurrent):
+            obs = {**obs, **{n: np.asarray(action_dict[n]) for n in recurrent.names}}
+        return obs
+
+    @abc.abstractmethod
+    def reset(self) -> dict:
+        """Start an episode; return the first observation dict."""
+
+    @abc.abstractmethod
+    def step(self, action_dict: dict) -> tuple:
+        """Apply ``action_dict``; return ``(obs, reward_dict, terminated, truncated, info)``."""
+
+    def close(self) -> None:
+        """Release resources (default: nothing)."""
+
+
+class GymnasiumEnv(RLBaseEnv):
+    """Wrap any gymnasium environment (an id such as ``'Pendulum-v1'`` or an instance).
+
+    - A Box or Discrete observation becomes the entry ``obs``; a Dict observation one entry per key.
+      Float observations are delivered as float32.
+    - A Box action is taken in ``[-1, 1]`` (what a tanh-squashed policy produces) and rescaled to
+      the space's bounds; a Discrete action is an integer index.
+    - An environment on the old 4-tuple step API is accepted with a one-time warning.
+
+    Raises:
+        SpecError: the action space is neither Box nor Discrete, or a space is unsupported.
+    """
+
+    def __init__(self, env: Any, **make_kwargs: Any) -> None:
+        super().__init__()
+        import gymnasium as gym
+        self.env_id = env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", type(env).__name__)
+        self.env = gym.make(env, **make_kwargs) if isinstance(env, str) else env
+        info = DataInfo.from_space(self.env.observation_space)
+        self._obs_info = DataInfo(info.names, [info.shape(n) for n in info.names],
+                                  [np.float32 if info.dtype(n).kind == "f" else info.dtype(n)
+                                   for n in info.names],
+                                  {n: info.meta(n) for n in info.names if info.meta(n)})
+        self._dict_obs = isinstance(self.env.observation_space, gym.spaces.Dict)
+        space = self.env.action_space
+        if isinstance(space, gym.spaces.Box):
+            self._low = space.low.astype(np.float64)
+            self._high = space.high.astype(np.float64)
+            self._rescale = bool(np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high)))
+            self._action_info = DataInfo("action", space.shape, np.float32,
+                                         {"action": {"low": space.low.tolist(), "high": space.high.tolist()}})
+        elif isinstance(space, gym.spaces.Discrete):
+            self._action_info = DataInfo.from_space(space, "action")
+        else:
+            raise SpecError(f"GymnasiumEnv({self.env_id!r}): action space {type(space).__name__} is not "
+                            "supported; use Box or Discrete")
+        self._discrete = isinstance(space, gym.spaces.Discrete)
+        self._source = f"GymnasiumEnv({self.env_id!r})"
+
+    @property
+    def discrete(self) -> bool:
+        """True when the action is a Discrete index."""
+        return self._discrete
+
+    def _obs_dict(self, obs: Any) -> dict:
+        if self._dict_obs:
+            return {n: np.asarray(obs[n], dtype=self._obs_info.dtype(n)) for n in self._obs_info.names}
+        return {"obs": np.asarray(obs, dtype=self._obs_info.dtype("obs"))}
+
+    def reset(self, seed: int | None = None) -> dict:
+        result = self.env.reset(seed=seed) if seed is not None else self.env.reset()
+        obs = result[0] if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict) else result
+        return self.initial_obs(self._obs_dict(obs))
+
+    def env_action(self, action: Any) -> Any:
+        """Map the policy's action to what the wrapped environment takes."""
+        if self._discrete:
+            return int(np.asarray(action).reshape(-1)[0])
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(self._action_info.shape("action")), -1.0, 1.0)
+        if self._rescale:
+            a = self._low + (a + 1.0) * 0.5 * (self._high - self._low)
+        return a.astype(self.env.action_space.dtype)
+
+    def step(self, action_dict: dict) -> StepResult:
+        result = normalize_step(self.env.step(self.env_action(action_dict["action"])), self._source)
+        obs = self.check_obs(self._obs_dict(result.obs), action_dict)
+        return result._replace(obs=obs)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __repr__(self) -> str:
+        return self._source

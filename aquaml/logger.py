@@ -1,0 +1,85 @@
+"""Run logging: ``progress.csv``, TensorBoard scalars and a one-line-per-epoch console display.
+
+Metric names follow CleanRL: ``charts/*`` for what the run produces (returns, speed), ``losses/*``
+for what the optimizer sees, ``eval/*`` for deterministic evaluation.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Mapping, TextIO
+
+import numpy as np
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class RunLogger:
+    """Writes one row per epoch to ``progress.csv`` and TensorBoard, and prints progress lines.
+
+    The CSV header is fixed by the first row; a metric first seen later is reported once and not
+    written (a CSV cannot grow columns), while TensorBoard gets every metric.
+    """
+
+    def __init__(self, run_dir: str, name: str, total_steps: int, tensorboard: bool = True,
+                 stream: TextIO | None = None) -> None:
+        self.run_dir, self.name, self.total_steps = run_dir, name, total_steps
+        self.stream = stream or sys.stdout
+        self._csv_file = open(os.path.join(run_dir, "progress.csv"), "w", newline="", encoding="utf-8")
+        self._csv: csv.DictWriter | None = None
+        self._dropped: set[str] = set()
+        self._writer = None
+        if tensorboard:
+            import tensorflow as tf
+            self._writer = tf.summary.create_file_writer(run_dir)
+        self.start = time.perf_counter()
+
+    def write(self, step: int, row: Mapping[str, float]) -> None:
+        """Record ``row`` (metric name -> value; NaN for "not measured this epoch") at ``step``."""
+        row = {"global_step": step, "time/elapsed_s": round(time.perf_counter() - self.start, 3), **row}
+        if self._csv is None:
+            self._csv = csv.DictWriter(self._csv_file, fieldnames=list(row), extrasaction="ignore")
+            self._csv.writeheader()
+        new = [k for k in row if k not in self._csv.fieldnames and k not in self._dropped]
+        if new:
+            self._dropped.update(new)
+            warnings.warn(f"metrics {new} appeared after the first progress.csv row; they go to "
+                          "TensorBoard only", stacklevel=2)
+        self._csv.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        self._csv_file.flush()
+        if self._writer is not None:
+            import tensorflow as tf
+            with self._writer.as_default(step=step):
+                for k, v in row.items():
+                    if k != "global_step" and not (isinstance(v, float) and math.isnan(v)):
+                        tf.summary.scalar(k, v)
+            self._writer.flush()
+
+    def display(self, step: int, row: Mapping[str, float]) -> None:
+        """Print one progress line: where the run is, how it is doing, how long it has left."""
+        elapsed = time.perf_counter() - self.start
+        frac = step / max(self.total_steps, 1)
+        parts = [f"[{self.name}] step {step}/{self.total_steps} ({100 * frac:.0f}%)"]
+        for key, label, fmt in (("charts/episode_return", "return", ".1f"), ("eval/return_mean", "eval", ".1f"),
+                                ("losses/qf_loss", "qf_loss", ".3g"), ("losses/alpha", "alpha", ".3g"),
+                                ("charts/SPS", "sps", ".0f")):
+            value = row.get(key, float("nan"))
+            if not (isinstance(value, float) and math.isnan(value)):
+                parts.append(f"{label} {value:{fmt}}")
+        eta = elapsed / frac * (1 - frac) if frac > 0 else float("nan")
+        parts.append(f"elapsed {_fmt_duration(elapsed)} eta {_fmt_duration(eta) if np.isfinite(eta) else '?'}")
+        print(" | ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self._csv_file.close()
+        if self._writer is not None:
+            self._writer.close()

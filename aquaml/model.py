@@ -1,0 +1,196 @@
+"""RLBaseModel, the models' contract, and its start-up check.
+
+A model is a ``keras.Model`` with a few attributes the algorithms read:
+
+- ``input_name``: the observation names (and ``'action'`` for critics) in ``call()`` argument order;
+- ``output_info`` (actor only): ``{'action': shape, 'log_std': shape, ...}`` in return order;
+- ``learning_rate`` and ``optimizer`` (a Keras optimizer name such as ``'Adam'``, or a class).
+
+``build_models`` instantiates every class, checks all of that with zero inputs, and raises
+``ModelContractError`` with a message that says what to change, before any environment step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aquaml.data import DataInfo
+
+
+class ModelContractError(ValueError):
+    """A model class does not fulfil what the algorithm needs from it."""
+
+
+class RLBaseModel(keras.Model):
+    """Base class of aquaml models (actors and critics).
+
+    Subclasses create their layers in ``__init__`` and set ``input_name`` (and, for an actor,
+    ``output_info``). An actor's ``call`` returns a tuple in ``output_info`` order; a critic's
+    returns one tensor of shape ``(batch, 1)`` or ``(batch,)``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.learning_rate = 3e-4
+        self.optimizer = "Adam"
+        self.input_name: tuple[str, ...] = ("obs",)
+        self.output_info: Mapping[str, tuple] | None = None
+
+    def reset(self) -> None:
+        """Clear any per-episode state (stateless models need nothing)."""
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """A built, checked model with what the algorithm needs to train it."""
+    key: str
+    model: keras.Model
+    factory: Callable[[], keras.Model]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    learning_rate: float
+    optimizer: keras.optimizers.Optimizer
+
+    def inputs(self, data: Mapping[str, Any], prefix: str = "", action: Any = None) -> list:
+        """The ``call()`` arguments from a dict of arrays (``prefix`` selects ``next_`` entries)."""
+        return [action if (n == "action" and action is not None) else data[prefix + n if n != "action" else n]
+                for n in self.input_names]
+
+
+def _make_optimizer(key: str, model: keras.Model, lr: float) -> keras.optimizers.Optimizer:
+    opt = getattr(model, "optimizer", "Adam")
+    if isinstance(opt, keras.optimizers.Optimizer):
+        raise ModelContractError(f"{key}.optimizer must be a name such as 'Adam' or an optimizer class, "
+                                 "not an instance: aquaml creates it with the model's learning_rate")
+    if isinstance(opt, str):
+        names = {n.lower(): n for n in dir(keras.optimizers)
+                 if isinstance(getattr(keras.optimizers, n), type)
+                 and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)
+                 and n != "Optimizer"}
+        if opt.lower() not in names:
+            raise ModelContractError(f"{key}.optimizer={opt!r} is not a Keras optimizer; use one of "
+                                     f"{sorted(names.values())}")
+        opt = getattr(keras.optimizers, names[opt.lower()])
+    if not (isinstance(opt, type) and issubclass(opt, keras.optimizers.Optimizer)):
+        raise ModelContractError(f"{key}.optimizer must be a Keras optimizer name or class, got {opt!r}")
+    return opt(learning_rate=lr)
+
+
+def _input_names(key: str, model: keras.Model, available: DataInfo, critic: bool) -> tuple[str, ...]:
+    names = getattr(model, "input_name", None)
+    if isinstance(names, str):
+        raise ModelContractError(f"{key}.input_name must be a tuple of names such as ({names!r},), "
+                                 f"got the string {names!r}")
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ModelContractError(f"{key}.input_name must be a non-empty tuple of names, got {names!r}")
+    names = tuple(names)
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ModelContractError(f"{key}.input_name has {unknown}, which the observation does not provide; "
+                                 f"available names are {available.names}")
+    if critic and "action" not in names:
+        raise ModelContractError(f"{key}.input_name={names} must include 'action' (a critic scores "
+                                 f"observation and action), e.g. {names + ('action',)}")
+    return names
+
+
+def _output_names(key: str, model: keras.Model, action_shape: tuple[int, ...] | None) -> tuple[str, ...]:
+    info = getattr(model, "output_info", None)
+    if not isinstance(info, Mapping) or "action" not in info:
+        raise ModelContractError(f"{key}.output_info must be a dict that includes 'action', e.g. "
+                                 f"{{'action': (1,), 'log_std': (1,)}}; got {info!r}")
+    declared = tuple(int(d) for d in np.atleast_1d(info["action"]))
+    if action_shape is not None and declared != tuple(action_shape):
+        raise ModelContractError(f"{key}.output_info['action'] is {declared} but the environment's action "
+                                 f"has shape {tuple(action_shape)}; set output_info['action'] = "
+                                 f"{tuple(action_shape)}")
+    return tuple(info)
+
+
+def _check_call(spec: ModelSpec, sample: Mapping[str, np.ndarray], critic: bool,
+                output_info: Mapping[str, Any] | None) -> None:
+    key, batch = spec.key, 2
+    try:
+        out = spec.model(*[tf.convert_to_tensor(a) for a in spec.inputs(sample)])
+    except Exception as err:  # the user's call() failed: say which model and with what inputs
+        shapes = {n: sample[n].shape for n in spec.input_names}
+        raise ModelContractError(f"{key}.call() failed on zero inputs {shapes} "
+                                 f"(argument order {spec.input_names}): {type(err).__name__}: {err}") from err
+    if critic:
+        if isinstance(out, (tuple, list)):
+            raise ModelContractError(f"{key}.call() must return one tensor of shape (batch, 1), "
+                                     f"got a {type(out).__name__} of {len(out)}")
+        if tuple(out.shape) not in ((batch, 1), (batch,)):
+            raise ModelContractError(f"{key}.call() returned shape {tuple(out.shape)} for a batch of {batch}; "
+                                     f"a critic returns (batch, 1)")
+        return
+    if not isinstance(out, (tuple, list)):
+        raise ModelContractError(f"{key}.call() must return a tuple in output_info order "
+                                 f"{tuple(output_info)}, got one {type(out).__name__}; write `return (action,)`")
+    if len(out) != len(output_info):
+        raise ModelContractError(f"{key}.call() returned {len(out)} outputs but output_info declares "
+                                 f"{len(output_info)} {tuple(output_info)}")
+    for (name, shape), value in zip(output_info.items(), out):
+        want = (batch,) + tuple(int(d) for d in np.atleast_1d(shape))
+        if tuple(value.shape) != want:
+            raise ModelContractError(f"{key}.call() output {name!r} has shape {tuple(value.shape)} for a "
+                                     f"batch of {batch}; output_info says {tuple(want[1:])} per sample")
+
+
+def _instantiate(key: str, factory: Any) -> keras.Model:
+    if not callable(factory):
+        raise ModelContractError(f"model_class_dict[{key!r}] must be a model class, got {factory!r}")
+    model = factory()
+    if not isinstance(model, keras.Model):
+        raise ModelContractError(f"model_class_dict[{key!r}] built a {type(model).__name__}, "
+                                 "not a keras.Model; subclass aquaml.RLBaseModel")
+    lr = getattr(model, "learning_rate", None)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ModelContractError(f"{key}.learning_rate must be a positive number, got {lr!r}")
+    return model
+
+
+def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], required: tuple[str, ...],
+                 obs_info: DataInfo, action_info: DataInfo | None) -> tuple[dict[str, ModelSpec], DataInfo]:
+    """Instantiate and check every model; return them by key, with the action spec.
+
+    Args:
+        model_class_dict: ``{'actor': ActorClass, 'qf1': QClass, ...}`` (classes or zero-arg factories).
+        required: the keys the algorithm needs; ``'actor'`` is the one with ``output_info``.
+        obs_info: the observation spec the models read from.
+        action_info: the spec of ``action``; None takes the shape from the actor's
+            ``output_info['action']`` (float32), for environments that declare no action spec.
+
+    Raises:
+        ModelContractError: a key is missing or unknown, or a model breaks its contract.
+    """
+    if not isinstance(model_class_dict, Mapping):
+        raise ModelContractError(f"model_class_dict must be a dict like {{'actor': Actor, ...}} with keys "
+                                 f"{required}, got {type(model_class_dict).__name__}")
+    missing = [k for k in required if k not in model_class_dict]
+    extra = [k for k in model_class_dict if k not in required]
+    if missing or extra:
+        raise ModelContractError(f"model_class_dict needs exactly the keys {required}; "
+                                 f"missing {missing}, unexpected {extra}")
+    actor = _instantiate("actor", model_class_dict["actor"])
+    output_names = _output_names("actor", actor, None if action_info is None else action_info.shape("action"))
+    if action_info is None:
+        action_info = DataInfo("action", tuple(np.atleast_1d(actor.output_info["action"])), np.float32)
+    critic_view = obs_info.merge(action_info)
+    sample = critic_view.zeros((2,))
+    specs = {}
+    for key in required:
+        critic = key != "actor"
+        model = _instantiate(key, model_class_dict[key]) if critic else actor
+        spec = ModelSpec(key=key, model=model, factory=model_class_dict[key],
+                         input_names=_input_names(key, model, critic_view if critic else obs_info, critic),
+                         output_names=() if critic else output_names,
+                         learning_rate=float(model.learning_rate),
+                         optimizer=_make_optimizer(key, model, float(model.learning_rate)))
+        _check_call(spec, sample, critic, None if critic else dict(model.output_info))
+        specs[key] = spec
+    return specs, action_info

@@ -1,0 +1,1 @@
+"""Process-level concerns: threads and devices per rank (the MPI runtime builds on these)."""

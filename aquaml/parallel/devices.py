@@ -1,0 +1,34 @@
+"""Per-process TensorFlow thread limits, set before TensorFlow initialises its runtime."""
+from __future__ import annotations
+
+import warnings
+
+
+def limit_tf_threads(intra_op: int | None, inter_op: int | None = 1) -> bool:
+    """Limit TensorFlow's thread pools for this process; None leaves a pool at TensorFlow's default.
+
+    Must run before the first TensorFlow operation (the pools are fixed then). Returns False,
+    with a warning, when TensorFlow has already initialised and the limits could not be applied.
+
+    Raises:
+        ValueError: a count is not a positive int.
+    """
+    for field, value in (("intra_op", intra_op), ("inter_op", inter_op)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{field} threads must be None or a positive int, got {value!r}")
+    import tensorflow as tf
+    threading = tf.config.threading
+    if (intra_op is None or threading.get_intra_op_parallelism_threads() == intra_op) and \
+            (inter_op is None or threading.get_inter_op_parallelism_threads() == inter_op):
+        return True
+    try:
+        if intra_op is not None:
+            threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op is not None:
+            threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        warnings.warn("TensorFlow was initialised before aquaml could limit its threads (intra_op="
+                      f"{intra_op}, inter_op={inter_op}); create the RLTaskStarter before running any "
+                      "TensorFlow operation", stacklevel=3)
+        return False
+    return True

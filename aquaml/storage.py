@@ -1,0 +1,46 @@
+"""Writing files so that nothing a user saved is ever half-written."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    The temporary name keeps ``path``'s full suffix (Keras insists on ``.weights.h5``). If the
+    body raises, the temporary file is removed and ``path`` is left as it was.
+    """
+    directory, base = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + base, dir=directory)
+    os.close(fd)
+    os.unlink(tmp)  # writers such as h5py want to create the file themselves
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def unique_run_dir(root: str, name: str) -> str:
+    """``root/name``, or ``root/name-2``, ``-3``... if it already holds files (never overwrite a run)."""
+    candidate, k = os.path.join(root, name), 1
+    while os.path.isdir(candidate) and os.listdir(candidate):
+        k += 1
+        candidate = os.path.join(root, f"{name}-{k}")
+    os.makedirs(candidate, exist_ok=True)
+    return candidate

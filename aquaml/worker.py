@@ -1,0 +1,147 @@
+"""Worker: steps environments with the current policy and writes transitions into a buffer slice.
+
+The same code runs in a single process (interleaved with training) and on worker ranks.
+A worker holds ``n`` environment copies and acts for all of them with one batched policy call,
+which is what keeps TensorFlow's per-call overhead from dominating cheap environments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from aquaml.data import DataInfo
+from aquaml.env import RLBaseEnv, normalize_step
+
+Policy = Callable[[Mapping[str, np.ndarray], bool], dict]
+
+
+@dataclasses.dataclass
+class EpisodeStats:
+    """What one finished episode reports: summed reward components and its length."""
+    rewards: dict[str, float]
+    length: int
+    terminated: bool
+
+    @property
+    def ret(self) -> float:
+        return self.rewards["total_reward"]
+
+
+def reset_env(env: RLBaseEnv, obs_info: DataInfo, seed: int | None) -> dict[str, np.ndarray]:
+    """Reset ``env`` (passing ``seed`` when its ``reset`` accepts one) and validate the observation."""
+    if seed is not None and "seed" in inspect.signature(env.reset).parameters:
+        obs = env.reset(seed=seed)
+    else:
+        obs = env.reset()
+    if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
+        obs = obs[0]  # a gymnasium-style (obs, info) reset
+    return obs_info.validate(obs, what=f"{type(env).__name__}.reset() observation", allow_extra=True,
+                             squeeze_leading_one=True)
+
+
+def step_env(env: RLBaseEnv, obs_info: DataInfo, action_dict: dict):
+    """Step ``env`` and validate what it returns; accepts the legacy 4-tuple once-warned."""
+    result = normalize_step(env.step(action_dict), type(env).__name__)
+    obs = obs_info.validate(result.obs, what=f"{type(env).__name__}.step() observation", allow_extra=True,
+                            squeeze_leading_one=True)
+    return result._replace(obs=obs)
+
+
+class Worker:
+    """Steps ``envs`` together and appends every transition to ``buffer`` slice ``slice_index``.
+
+    Args:
+        envs: environment copies stepped in lock-step (each resets on its own).
+        obs_info: the observation spec.
+        action_info: the action spec (continuous actions are sampled in [-1, 1] during warm-up).
+        policy: ``policy(obs_batch, deterministic) -> {'action': (n, *shape), ...}``.
+        buffer: anything with ``write_batch(slice_index, columns)``.
+        slice_index: this worker's slice.
+        seed: seeds the environments (``seed + i``) and the warm-up action stream.
+    """
+
+    def __init__(self, envs: Sequence[RLBaseEnv], obs_info: DataInfo, action_info: DataInfo, policy: Policy,
+                 buffer, slice_index: int = 0, seed: int = 0) -> None:
+        self.envs = list(envs)
+        self.obs_info, self.action_info = obs_info, action_info
+        self.policy, self.buffer, self.slice_index = policy, buffer, slice_index
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.obs: dict[str, np.ndarray] | None = None
+        self._returns: list[dict[str, float]] = []
+        self._lengths = np.zeros(len(self.envs), np.int64)
+        self.steps = 0
+
+    def reset(self) -> None:
+        first = [reset_env(env, self.obs_info, self.seed + i) for i, env in enumerate(self.envs)]
+        self.obs = {n: np.stack([o[n] for o in first]) for n in self.obs_info.names}
+        self._returns = [{} for _ in self.envs]
+        self._lengths[:] = 0
+
+    def random_actions(self) -> dict[str, np.ndarray]:
+        """Uniform actions in [-1, 1] (continuous) or over the choices (discrete) for every env."""
+        shape = (len(self.envs),) + self.action_info.shape("action")
+        meta = self.action_info.meta("action")
+        if "n" in meta:
+            return {"action": self.rng.integers(0, meta["n"], size=shape)}
+        return {"action": self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)}
+
+    def step(self, random: bool = False) -> list[EpisodeStats]:
+        """One step of every environment; returns the episodes that ended in it."""
+        if self.obs is None:
+            self.reset()
+        out = self.random_actions() if random else self.policy(self.obs, False)
+        n = len(self.envs)
+        next_obs = {name: np.empty_like(a) for name, a in self.obs.items()}
+        reward = np.empty(n, np.float32)
+        terminated = np.empty(n, np.float32)
+        truncated = np.empty(n, np.float32)
+        finished = []
+        reset_obs = {}
+        for i, env in enumerate(self.envs):
+            # a copy, so an environment that scales its action in place cannot alter what is stored
+            result = step_env(env, self.obs_info, {k: np.array(v[i]) for k, v in out.items()})
+            for name in self.obs_info.names:
+                next_obs[name][i] = result.obs[name]
+            reward[i] = result.reward["total_reward"]
+            terminated[i], truncated[i] = result.terminated, result.truncated
+            sums = self._returns[i]
+            for k, v in result.reward.items():
+                sums[k] = sums.get(k, 0.0) + v
+            self._lengths[i] += 1
+            if result.terminated or result.truncated:
+                finished.append(EpisodeStats(sums, int(self._lengths[i]), result.terminated))
+                self._returns[i], self._lengths[i] = {}, 0
+                reset_obs[i] = reset_env(env, self.obs_info, None)
+        columns = {**self.obs, **{"next_" + k: v for k, v in next_obs.items()},
+                   "action": out["action"], "reward": reward, "terminated": terminated, "truncated": truncated}
+        self.buffer.write_batch(self.slice_index, columns)
+        for i, obs in reset_obs.items():
+            for name in self.obs_info.names:
+                next_obs[name][i] = obs[name]
+        self.obs = next_obs
+        self.steps += n
+        return finished
+
+
+def evaluate(env: RLBaseEnv, obs_info: DataInfo, policy: Policy, episodes: int, seed: int,
+             max_steps: int = 1_000_000) -> dict[str, float]:
+    """Run ``episodes`` deterministic episodes; return mean/std/min/max of return and mean length."""
+    returns, lengths = [], []
+    for k in range(episodes):
+        obs = reset_env(env, obs_info, seed + k)
+        total, length, done = 0.0, 0, False
+        while not done and length < max_steps:
+            out = policy({n: v[None] for n, v in obs.items()}, True)
+            result = step_env(env, obs_info, {a: v[0] for a, v in out.items()})
+            obs, total, length = result.obs, total + result.reward["total_reward"], length + 1
+            done = result.terminated or result.truncated
+        returns.append(total)
+        lengths.append(length)
+    r = np.asarray(returns)
+    return {"eval/return_mean": float(r.mean()), "eval/return_std": float(r.std()),
+            "eval/return_min": float(r.min()), "eval/return_max": float(r.max()),
+            "eval/length_mean": float(np.mean(lengths))}

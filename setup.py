@@ -1,0 +1,27 @@
+"""Packaging for aquaml: MPI-parallel reinforcement learning on TensorFlow 2."""
+from setuptools import find_packages, setup
+
+setup(
+    name="aquaml",
+    version="0.1.0",
+    description="MPI-parallel reinforcement learning (SAC, PPO) for workstations and HPC clusters",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["aquaml", "aquaml.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy>=1.23",
+        "gymnasium>=1.0",
+        "h5py>=3.8",
+        "seaborn>=0.12",
+        "tensorboard>=2.16",
+    ],
+    extras_require={
+        # TensorFlow is an extra so that GPU users can pick the CUDA build (`.[gpu]`)
+        # while the default install stays the smaller CPU build.
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "mpi": ["mpi4py>=3.1", "mpich"],
+        "test": ["pytest>=7", "scipy"],
+    },
+)

@@ -1,0 +1,61 @@
+"""Small environments and models for tests."""
+import numpy as np
+import tensorflow as tf
+
+from aquaml import DataInfo, RLBaseEnv, RLBaseModel
+
+
+class MLPActor(RLBaseModel):
+    def __init__(self, width=64, action_dim=1, obs_name="obs"):
+        super().__init__()
+        self.d1 = tf.keras.layers.Dense(width, activation="relu")
+        self.d2 = tf.keras.layers.Dense(width, activation="relu")
+        self.mu = tf.keras.layers.Dense(action_dim)
+        self.ls = tf.keras.layers.Dense(action_dim)
+        self.learning_rate = 1e-3
+        self.input_name = (obs_name,)
+        self.output_info = {"action": (action_dim,), "log_std": (action_dim,)}
+
+    def call(self, obs):
+        x = self.d2(self.d1(obs))
+        return (self.mu(x), self.ls(x))
+
+
+class MLPQ(RLBaseModel):
+    def __init__(self, width=64, obs_name="obs"):
+        super().__init__()
+        self.d1 = tf.keras.layers.Dense(width, activation="relu")
+        self.d2 = tf.keras.layers.Dense(width, activation="relu")
+        self.q = tf.keras.layers.Dense(1)
+        self.learning_rate = 1e-3
+        self.input_name = (obs_name, "action")
+
+    def call(self, obs, action):
+        return self.q(self.d2(self.d1(tf.concat([obs, action], -1))))
+
+
+class CountingEnv(RLBaseEnv):
+    """obs = [t / horizon]; reward = -|action - target|; truncates at ``horizon``; counts steps taken."""
+
+    def __init__(self, horizon=5, target=0.5, terminate_at=None):
+        super().__init__()
+        self.horizon, self.target, self.terminate_at = horizon, target, terminate_at
+        self._obs_info = DataInfo("obs", (1,), np.float32)
+        self.steps_taken = 0
+        self.t = 0
+
+    def _obs(self):
+        return {"obs": np.array([self.t / self.horizon], np.float32)}
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self.initial_obs(self._obs())
+
+    def step(self, action_dict):
+        self.steps_taken += 1
+        self.t += 1
+        reward = -abs(float(action_dict["action"][0]) - self.target)
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        truncated = not terminated and self.t >= self.horizon
+        return (self.check_obs(self._obs(), action_dict), {"total_reward": reward, "miss": -reward},
+                terminated, truncated, {})
