@@ -102,6 +102,8 @@ class RLTaskStarter:
         self.envs = [_make_env(factory) for _ in range(params.envs_per_worker)]
         self.eval_env = _make_env(factory if eval_env is None else _env_factory(eval_env))
         self.obs_info: DataInfo = self.envs[0].obs_info
+        if self.envs[0].action_info is not None:
+            algo.check_action_info(self.envs[0].action_info)
         keras.utils.set_random_seed(params.seed)
         from aquaml.model import build_models
         models, self.action_info = build_models(model_class_dict, algo.required_models, self.obs_info,

@@ -48,10 +48,7 @@ class SAC:
                  params: SACParameters) -> None:
         if not isinstance(params, SACParameters):
             raise TypeError(f"SAC needs SACParameters, got {type(params).__name__}")
-        if action_info.dtype("action").kind != "f":
-            raise SpecError("SAC needs a continuous (Box) action; this environment's action is "
-                            f"{action_info.dtype('action').name} of shape {action_info.shape('action')}. "
-                            "Use PPO for discrete actions.")
+        self.check_action_info(action_info)
         self.params = params
         self.models = dict(models)
         self.actor, self.qf1, self.qf2 = (models[k] for k in self.required_models)
@@ -86,6 +83,14 @@ class SAC:
         act_signature = [obs_info.select(self.actor.input_names).tensor_specs()]
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_signature)
         self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_signature)
+
+    @staticmethod
+    def check_action_info(action_info: DataInfo) -> None:
+        """Raise SpecError unless the action is continuous (SAC squashes a Gaussian into [-1, 1])."""
+        if action_info.dtype("action").kind != "f":
+            raise SpecError("SAC needs a continuous (Box) action; this environment's action is "
+                            f"{action_info.dtype('action').name} of shape {action_info.shape('action')}. "
+                            "Use PPO for discrete actions.")
 
     # --- losses, as in the paper ---------------------------------------------------------------
     @property
@@ -214,9 +219,9 @@ class SAC:
         for key, spec in self.models.items():
             with atomic_path(os.path.join(directory, f"{key}.weights.h5")) as tmp:
                 spec.model.save_weights(tmp)
-        state = {"log_alpha": np.asarray(self.log_alpha)}
+        state = {"log_alpha": self.log_alpha.numpy()}
         if self.log_std is not None:
-            state["log_std"] = np.asarray(self.log_std)
+            state["log_std"] = self.log_std.numpy()
         with atomic_path(os.path.join(directory, "sac_state.npz")) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **state)
