@@ -22,6 +22,10 @@ from aquaml.parallel.devices import limit_tf_threads
 from aquaml.storage import unique_run_dir, write_text_atomic
 
 
+#: Evaluation environments stepped together (one batched policy call per step for all of them).
+MAX_EVAL_ENVS = 10
+
+
 def _env_factory(env: Any) -> Callable[[], RLBaseEnv]:
     """A zero-argument factory of fresh environment copies from what the user passed."""
     if isinstance(env, str):
@@ -68,7 +72,8 @@ class RLTaskStarter:
         name: the run's name; its files go to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix
             if that already holds a run: nothing is overwritten).
         run_root: the directory that holds runs.
-        eval_env: the evaluation environment (same forms as ``env``); None uses a copy of ``env``.
+        eval_env: the evaluation environment (same forms as ``env``); None uses copies of ``env``.
+            Up to ten copies run the ``calculate_episodes`` episodes side by side.
         optimizer_threads: TensorFlow intra-op threads for training; None is TensorFlow's default.
         verbose: print progress lines.
         tensorboard: write TensorBoard events beside progress.csv.
@@ -100,7 +105,8 @@ class RLTaskStarter:
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)
         self.envs = [_make_env(factory) for _ in range(params.envs_per_worker)]
-        self.eval_env = _make_env(factory if eval_env is None else _env_factory(eval_env))
+        eval_factory = factory if eval_env is None else _env_factory(eval_env)
+        self.eval_envs = [_make_env(eval_factory) for _ in range(min(params.calculate_episodes, MAX_EVAL_ENVS))]
         self.obs_info: DataInfo = self.envs[0].obs_info
         if self.envs[0].action_info is not None:
             algo.check_action_info(self.envs[0].action_info)
@@ -162,10 +168,11 @@ class _TrainingLoop:
         p, worker = self.p, self.s.worker
         final: dict[str, float] = {}
         next_epoch, next_eval = p.epoch_length, p.eval_interval or math.inf
+        actions = None
         while self.steps < p.total_steps:
-            self._epoch_episodes += worker.step(random=self.steps < p.warmup_steps)
+            self._epoch_episodes += worker.step(random=self.steps < p.warmup_steps, actions=actions)
             self.steps = worker.steps
-            self._train()
+            actions = self._train()
             evaluation = {}
             if self.steps >= next_eval or (self.steps >= p.total_steps and p.calculate_episodes):
                 evaluation = final = evaluate_policy(self.s, p.calculate_episodes)
@@ -176,18 +183,26 @@ class _TrainingLoop:
                     next_epoch += p.epoch_length
         return final
 
-    def _train(self) -> None:
-        p = self.p
+    def _train(self) -> dict | None:
+        """Run the updates due; return the next step's actions when the last update computed them."""
+        p, algo = self.p, self.s.algo
         burst_due = self.steps - self._last_burst >= p.update_interval or self.steps >= p.total_steps
         if self.steps < p.learning_starts or not burst_due:
-            return
+            return None
         self._last_burst = self.steps
         due = int((self.steps - p.learning_starts) * p.replay_ratio) - self.updates
-        for _ in range(max(due, 0)):
-            metrics = self.s.algo.update(self.s.buffer.sample(p.batch_size, self.rng))
+        act_next = self.steps >= p.warmup_steps and self.steps < p.total_steps
+        actions = None
+        for k in range(due):
+            batch = self.s.buffer.sample(p.batch_size, self.rng)
+            if act_next and k == due - 1:
+                metrics, actions = algo.update_and_act(batch, self.s.worker.obs)
+            else:
+                metrics = algo.update(batch)
             self._metric_sum += metrics.numpy()
             self._metric_count += 1
             self.updates += 1
+        return actions
 
     def _end_epoch(self, evaluation: dict[str, float], display: bool) -> None:
         now = time.perf_counter()
@@ -227,5 +242,5 @@ def episode_row(episodes: list) -> dict[str, float]:
 def evaluate_policy(starter: RLTaskStarter, episodes: int) -> dict[str, float]:
     """Deterministic evaluation of the starter's current policy on its evaluation environment."""
     from aquaml.worker import evaluate
-    return evaluate(starter.eval_env, starter.obs_info, starter.algo.act, episodes,
+    return evaluate(starter.eval_envs, starter.obs_info, starter.algo.act, episodes,
                     seed=starter.params.seed + 1_000_003)

@@ -89,11 +89,18 @@ class Worker:
             return {"action": self.rng.integers(0, meta["n"], size=shape)}
         return {"action": self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)}
 
-    def step(self, random: bool = False) -> list[EpisodeStats]:
-        """One step of every environment; returns the episodes that ended in it."""
+    def step(self, random: bool = False, actions: dict | None = None) -> list[EpisodeStats]:
+        """One step of every environment; returns the episodes that ended in it.
+
+        ``actions`` (the policy's output for the current observations, computed by the caller)
+        replaces the policy call; ``random`` takes uniform actions instead.
+        """
         if self.obs is None:
             self.reset()
-        out = self.random_actions() if random else self.policy(self.obs, False)
+        if random:
+            out = self.random_actions()
+        else:
+            out = self.policy(self.obs, False) if actions is None else actions
         n = len(self.envs)
         next_obs = {name: np.empty_like(a) for name, a in self.obs.items()}
         reward = np.empty(n, np.float32)
@@ -127,20 +134,31 @@ class Worker:
         return finished
 
 
-def evaluate(env: RLBaseEnv, obs_info: DataInfo, policy: Policy, episodes: int, seed: int,
+def evaluate(envs: Sequence[RLBaseEnv], obs_info: DataInfo, policy: Policy, episodes: int, seed: int,
              max_steps: int = 1_000_000) -> dict[str, float]:
-    """Run ``episodes`` deterministic episodes; return mean/std/min/max of return and mean length."""
+    """Run ``episodes`` deterministic episodes; return mean/std/min/max of return and mean length.
+
+    The episodes run in waves of ``len(envs)``, every live environment of a wave acting through
+    one batched policy call per step; episode ``k`` is reset with ``seed + k``.
+    """
     returns, lengths = [], []
-    for k in range(episodes):
-        obs = reset_env(env, obs_info, seed + k)
-        total, length, done = 0.0, 0, False
-        while not done and length < max_steps:
-            out = policy({n: v[None] for n, v in obs.items()}, True)
-            result = step_env(env, obs_info, {a: v[0] for a, v in out.items()})
-            obs, total, length = result.obs, total + result.reward["total_reward"], length + 1
-            done = result.terminated or result.truncated
-        returns.append(total)
-        lengths.append(length)
+    for first in range(0, episodes, len(envs)):
+        wave = list(range(first, min(first + len(envs), episodes)))
+        obs = {k: reset_env(envs[k - first], obs_info, seed + k) for k in wave}
+        total = dict.fromkeys(wave, 0.0)
+        length = dict.fromkeys(wave, 0)
+        while obs:
+            live = list(obs)
+            out = policy({n: np.stack([obs[k][n] for k in live]) for n in obs_info.names}, True)
+            for i, k in enumerate(live):
+                result = step_env(envs[k - first], obs_info, {a: np.array(v[i]) for a, v in out.items()})
+                total[k] += result.reward["total_reward"]
+                length[k] += 1
+                obs[k] = result.obs
+                if result.terminated or result.truncated or length[k] >= max_steps:
+                    del obs[k]
+        returns += [total[k] for k in wave]
+        lengths += [length[k] for k in wave]
     r = np.asarray(returns)
     return {"eval/return_mean": float(r.mean()), "eval/return_std": float(r.std()),
             "eval/return_min": float(r.min()), "eval/return_max": float(r.max()),

@@ -95,8 +95,17 @@ def test_random_warmup_actions_in_range():
     assert a.min() >= -1 and a.max() <= 1 and a.std() > 0.3
 
 
-def test_evaluate_statistics():
-    stats = evaluate(CountingEnv(horizon=4, target=0.0), CountingEnv().obs_info,
-                     lambda obs, det: {"action": np.full((1, 1), 0.5, np.float32)}, episodes=3, seed=0)
-    assert stats["eval/return_mean"] == pytest.approx(-2.0) and stats["eval/length_mean"] == 4
-    assert stats["eval/return_std"] == 0.0
+def test_evaluate_statistics_in_waves_of_side_by_side_episodes():
+    calls = []
+
+    def policy(obs, deterministic):
+        assert deterministic
+        calls.append(len(obs["obs"]))
+        return {"action": np.full((len(obs["obs"]), 1), 0.5, np.float32)}
+    envs = [CountingEnv(horizon=4, target=0.0), CountingEnv(horizon=4, target=0.0, terminate_at=2)]
+    stats = evaluate(envs, envs[0].obs_info, policy, episodes=3, seed=0)
+    # waves: (env0: 4 steps, env1: 2 steps), then (env0: 4 steps)
+    assert calls == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert stats["eval/return_mean"] == pytest.approx(-(2 + 1 + 2) / 3)
+    assert stats["eval/length_mean"] == pytest.approx(10 / 3)
+    assert stats["eval/return_min"] == pytest.approx(-2.0) and stats["eval/return_max"] == pytest.approx(-1.0)

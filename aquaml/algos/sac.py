@@ -83,6 +83,11 @@ class SAC:
         act_signature = [obs_info.select(self.actor.input_names).tensor_specs()]
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_signature)
         self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_signature)
+        self._update_act = tf.function(lambda batch, obs: (self._update_step(batch), self._act(obs, False)),
+                                       input_signature=signature + act_signature, jit_compile=params.jit_compile)
+        # Concrete functions are traced on first use (so tests can swap _noise first); calling them
+        # directly skips tf.function's per-call signature matching, about 150 us per call here.
+        self._concrete: dict[str, Any] = {}
 
     @staticmethod
     def check_action_info(action_info: DataInfo) -> None:
@@ -157,8 +162,14 @@ class SAC:
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """Actions for a batch of observations: ``{'action': (batch, *action_shape), ...state}``."""
-        fn = self._act_deterministic if deterministic else self._act_explore
+        fn = self._compiled("act_deterministic" if deterministic else "act_explore")
         return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
+
+    def _compiled(self, name: str):
+        fn = self._concrete.get(name)
+        if fn is None:
+            fn = self._concrete[name] = getattr(self, "_" + name).get_concrete_function()
+        return fn
 
     # --- update --------------------------------------------------------------------------------
     def _update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -199,7 +210,16 @@ class SAC:
 
     def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
         """One gradient step on every network; returns the metrics in ``metric_names`` order."""
-        return self._update(batch)
+        return self._compiled("update")(batch)
+
+    def update_and_act(self, batch: Mapping[str, np.ndarray], obs: Mapping[str, np.ndarray]) -> tuple[tf.Tensor, dict]:
+        """``update(batch)`` then ``act(obs)`` with the new weights, in one compiled call.
+
+        In one process every step both trains and acts; one call instead of two saves
+        TensorFlow's per-call overhead (about 0.4 ms here, 4% of a 256x256 update).
+        """
+        metrics, out = self._compiled("update_act")(batch, {n: obs[n] for n in self.actor.input_names})
+        return metrics, {k: v.numpy() for k, v in out.items()}
 
     # --- weights -------------------------------------------------------------------------------
     def actor_weights(self) -> list[np.ndarray]:
