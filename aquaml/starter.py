@@ -49,6 +49,15 @@ def _make_env(factory: Callable[[], Any]) -> RLBaseEnv:
     return env
 
 
+def launched_ranks() -> int:
+    """How many ranks the MPI launcher started, read from its environment (1 for a plain process)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def _versions() -> dict[str, str]:
     import gymnasium
     import keras
@@ -68,7 +77,8 @@ class RLTaskStarter:
         model_class_dict: model classes by role, e.g. ``{'actor': Actor, 'qf1': Q, 'qf2': Q}``.
         algo: the algorithm class (``SAC``, or the reference's alias ``SAC2``).
         algo_hyperparameter: the algorithm's parameters (``SACParameters``); None uses defaults.
-        mpi_comm: reserved for the MPI runtime; must be None in this version.
+        mpi_comm: reserved for the MPI runtime; must be None in this version, which also refuses
+            to start under an MPI launcher with more than one rank.
         name: the run's name; its files go to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix
             if that already holds a run: nothing is overwritten).
         run_root: the directory that holds runs.
@@ -95,8 +105,12 @@ class RLTaskStarter:
         if not isinstance(params, algo.parameters_class):
             raise TypeError(f"algo_hyperparameter must be a {algo.parameters_class.__name__} for {algo.name}, "
                             f"got {type(params).__name__}")
-        if mpi_comm is not None:
-            raise NotImplementedError("the MPI runtime is not part of this version; pass mpi_comm=None")
+        ranks = launched_ranks()
+        if mpi_comm is not None or ranks > 1:
+            raise NotImplementedError(
+                f"this version of aquaml trains in one process, but it was given an MPI communicator or started "
+                f"as {ranks} ranks; run it as a plain process (the MPI runtime is planned, and running N "
+                "independent copies silently, as the reference AquaML did, is not what mpirun users want)")
         if name is not None and (not isinstance(name, str) or not name or os.sep in name):
             raise ValueError(f"name must be a non-empty string without {os.sep!r}, got {name!r}")
         limit_tf_threads(optimizer_threads)
@@ -139,11 +153,17 @@ class RLTaskStarter:
         self.run_dir = unique_run_dir(self.run_root, self.name)
         write_text_atomic(os.path.join(self.run_dir, "config.json"), json.dumps(self._config(), indent=2))
         logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
+        models_dir = os.path.join(self.run_dir, "models")
         try:
             final = _TrainingLoop(self, logger).run()
-            self.algo.save(os.path.join(self.run_dir, "models"))
+        except KeyboardInterrupt:
+            # Ctrl-C keeps what was learned: the weights as they are now, then the usual exit.
+            self.algo.save(models_dir)
+            print(f"[{self.name}] interrupted; weights so far saved in {models_dir}", file=sys.stderr, flush=True)
+            raise
         finally:
             logger.close()
+        self.algo.save(models_dir)
         if self.verbose and final:
             print(f"[{self.name}] final evaluation return {final['eval/return_mean']:.1f} "
                   f"± {final['eval/return_std']:.1f} over {self.params.calculate_episodes} episodes; "

@@ -150,3 +150,21 @@ def test_sac_learns_pendulum(run_root):
                             run_root=run_root, verbose=False, tensorboard=False)
     result = starter.run()
     assert result["eval/return_mean"] > -400, result
+
+
+def test_ctrl_c_keeps_the_weights(run_root):
+    from helpers import CountingEnv
+
+    class Interrupting(CountingEnv):
+        def step(self, action_dict):
+            if self.steps_taken == 150:
+                raise KeyboardInterrupt
+            return super().step(action_dict)
+    starter = RLTaskStarter(env=Interrupting(), model_class_dict={"actor": MLPActor, "qf1": MLPQ, "qf2": MLPQ},
+                            algo_hyperparameter=SACParameters(total_steps=1000, learning_starts=100, epoch_length=100),
+                            run_root=run_root, verbose=False, tensorboard=False)
+    with pytest.raises(KeyboardInterrupt):
+        starter.run()
+    assert os.path.isfile(os.path.join(starter.run_dir, "models", "actor.weights.h5"))
+    with open(os.path.join(starter.run_dir, "progress.csv")) as f:
+        assert [r["global_step"] for r in csv.DictReader(f)] == ["100"]
