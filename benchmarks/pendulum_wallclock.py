@@ -21,6 +21,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-starts", type=int, default=1000,
+                        help="steps before the first update; 100 makes as many updates as Stable-Baselines3 (9,900)")
     parser.add_argument("--sb3-seconds", type=float, default=None,
                         help="Stable-Baselines3's wall-clock for the same steps, measured in this session")
     args = parser.parse_args()
@@ -29,9 +31,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cwd:
         os.chdir(cwd)
         start = time.perf_counter()
-        result = tutorial1.main(["--steps", str(args.steps), "--seed", str(args.seed), "--threads", "1"])
+        result = tutorial1.main(["--steps", str(args.steps), "--seed", str(args.seed), "--threads", "1",
+                                 "--learning-starts", str(args.learning_starts)])
         wall = time.perf_counter() - start
-    line = (f"pendulum_wallclock steps={args.steps} seed={args.seed} wall_s={wall:.1f} "
+    line = (f"pendulum_wallclock steps={args.steps} seed={args.seed} learning_starts={args.learning_starts} "
+            f"updates={int(args.steps - args.learning_starts)} wall_s={wall:.1f} "
             f"steps_per_s={args.steps / wall:.1f} eval_return={result['eval/return_mean']:.1f}")
     if args.sb3_seconds:
         ratio = wall / args.sb3_seconds

@@ -81,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10_000, help="environment steps (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--name", default="pendulum_sac", help="run name under runs/ (default pendulum_sac)")
+    parser.add_argument("--learning-starts", type=int, default=1000,
+                        help="transitions collected before the first update (default 1000)")
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow threads for training (default: TensorFlow's choice)")
     args = parser.parse_args(argv)
@@ -93,7 +95,7 @@ def main(argv=None):
         tau=0.005,
         alpha_learning_rate=1e-3,
         buffer_size=100_000,
-        mini_buffer_size=1000,
+        mini_buffer_size=args.learning_starts,
         eval_interval=2000,
         calculate_episodes=10,
         seed=args.seed,
