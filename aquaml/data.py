@@ -229,7 +229,7 @@ class DataInfo:
     # --- conversions ---------------------------------------------------------------------------
     def tensor_specs(self, batch_shape: Sequence[int | None] = (None,)) -> dict[str, Any]:
         """``tf.TensorSpec`` per name with ``batch_shape`` prepended (for tf.function signatures)."""
-        import tensorflow as tf
+        import tensorflow as tf  # here, so that specs can be built and checked without loading TensorFlow
         return {n: tf.TensorSpec(tuple(batch_shape) + self._shapes[n], tf.as_dtype(self._dtypes[n]), name=n)
                 for n in self._names}
 

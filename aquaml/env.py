@@ -15,6 +15,7 @@ import abc
 import warnings
 from typing import Any, Mapping, NamedTuple
 
+import gymnasium as gym
 import numpy as np
 
 from aquaml.data import DataInfo, SpecError
@@ -144,7 +145,6 @@ class GymnasiumEnv(RLBaseEnv):
 
     def __init__(self, env: Any, **make_kwargs: Any) -> None:
         super().__init__()
-        import gymnasium as gym
         self.env_id = env if isinstance(env, str) else getattr(getattr(env, "spec", None), "id", type(env).__name__)
         self.env = gym.make(env, **make_kwargs) if isinstance(env, str) else env
         info = DataInfo.from_space(self.env.observation_space)

@@ -14,6 +14,7 @@ import warnings
 from typing import Mapping, TextIO
 
 import numpy as np
+import tensorflow as tf
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -39,7 +40,6 @@ class RunLogger:
         self._dropped: set[str] = set()
         self._writer = None
         if tensorboard:
-            import tensorflow as tf
             self._writer = tf.summary.create_file_writer(run_dir)
         self.start = time.perf_counter()
 
@@ -57,7 +57,6 @@ class RunLogger:
         self._csv.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
         self._csv_file.flush()
         if self._writer is not None:
-            import tensorflow as tf
             with self._writer.as_default(step=step):
                 for k, v in row.items():
                     if k != "global_step" and not (isinstance(v, float) and math.isnan(v)):

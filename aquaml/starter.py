@@ -14,12 +14,20 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
+import gymnasium
+import keras
 import numpy as np
+import tensorflow as tf
 
+from aquaml.algos.sac import SAC
+from aquaml.buffers import ReplayBuffer
 from aquaml.data import DataInfo
 from aquaml.env import GymnasiumEnv, RLBaseEnv
+from aquaml.logger import RunLogger
+from aquaml.model import build_models
 from aquaml.parallel.devices import limit_tf_threads
 from aquaml.storage import unique_run_dir, write_text_atomic
+from aquaml.worker import Worker, evaluate
 
 
 #: Evaluation environments stepped together (one batched policy call per step for all of them).
@@ -59,10 +67,6 @@ def launched_ranks() -> int:
 
 
 def _versions() -> dict[str, str]:
-    import gymnasium
-    import keras
-    import tensorflow as tf
-
     from aquaml import __version__
     return {"aquaml": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "tensorflow": tf.__version__, "keras": keras.__version__, "gymnasium": gymnasium.__version__}
@@ -97,7 +101,6 @@ class RLTaskStarter:
                  algo_hyperparameter: Any = None, mpi_comm: Any = None, name: str | None = None,
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
                  verbose: bool = True, tensorboard: bool = True) -> None:
-        from aquaml.algos.sac import SAC
         algo = SAC if algo is None else algo
         if not (isinstance(algo, type) and hasattr(algo, "required_models")):
             raise TypeError(f"algo must be an aquaml algorithm class such as SAC, got {algo!r}")
@@ -114,7 +117,6 @@ class RLTaskStarter:
         if name is not None and (not isinstance(name, str) or not name or os.sep in name):
             raise ValueError(f"name must be a non-empty string without {os.sep!r}, got {name!r}")
         limit_tf_threads(optimizer_threads)
-        import keras
 
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)
@@ -125,13 +127,10 @@ class RLTaskStarter:
         if self.envs[0].action_info is not None:
             algo.check_action_info(self.envs[0].action_info)
         keras.utils.set_random_seed(params.seed)
-        from aquaml.model import build_models
         models, self.action_info = build_models(model_class_dict, algo.required_models, self.obs_info,
                                                 self.envs[0].action_info)
         self.algo = algo(models, self.obs_info, self.action_info, params)
-        from aquaml.buffers import ReplayBuffer
         self.buffer = ReplayBuffer(self.algo.batch_info, params.buffer_size)
-        from aquaml.worker import Worker
         self.worker = Worker(self.envs, self.obs_info, self.action_info, self.algo.act, self.buffer,
                              seed=params.seed)
         self.name = name or f"{algo.name.lower()}_{type(self.envs[0]).__name__}"
@@ -149,7 +148,6 @@ class RLTaskStarter:
 
     def run(self) -> dict[str, float]:
         """Train for ``total_steps`` environment steps; return the final evaluation statistics."""
-        from aquaml.logger import RunLogger
         self.run_dir = unique_run_dir(self.run_root, self.name)
         write_text_atomic(os.path.join(self.run_dir, "config.json"), json.dumps(self._config(), indent=2))
         logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
@@ -261,6 +259,5 @@ def episode_row(episodes: list) -> dict[str, float]:
 
 def evaluate_policy(starter: RLTaskStarter, episodes: int) -> dict[str, float]:
     """Deterministic evaluation of the starter's current policy on its evaluation environment."""
-    from aquaml.worker import evaluate
     return evaluate(starter.eval_envs, starter.obs_info, starter.algo.act, episodes,
                     seed=starter.params.seed + 1_000_003)

@@ -168,3 +168,16 @@ def test_ctrl_c_keeps_the_weights(run_root):
     assert os.path.isfile(os.path.join(starter.run_dir, "models", "actor.weights.h5"))
     with open(os.path.join(starter.run_dir, "progress.csv")) as f:
         assert [r["global_step"] for r in csv.DictReader(f)] == ["100"]
+
+
+def test_several_envs_per_worker_count_every_transition(run_root):
+    starter = RLTaskStarter(env="Pendulum-v1", model_class_dict={"actor": MLPActor, "qf1": MLPQ, "qf2": MLPQ},
+                            algo_hyperparameter=SACParameters(total_steps=400, epoch_length=200, learning_starts=100,
+                                                              envs_per_worker=4, calculate_episodes=2),
+                            run_root=run_root, verbose=False, tensorboard=False)
+    starter.run()
+    assert int(starter.buffer.counters[0]) == 400
+    with open(os.path.join(starter.run_dir, "progress.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["global_step"]) for r in rows] == [200, 400]
+    assert int(rows[-1]["charts/updates"]) == 300

@@ -172,4 +172,3 @@ def test_global_log_std_when_actor_has_none():
     batch = {k: np.random.default_rng(1).normal(size=(8,) + info.shape(k)).astype(np.float32) for k in info.names}
     sac.update(batch)
     assert before[0] == pytest.approx(-0.5) and np.asarray(sac.log_std)[0] != pytest.approx(-0.5)
-    assert len(sac.actor_weights()) == len(sac.actor.model.get_weights()) + 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 
 def _check(cond: bool, field: str, expected: str, value: Any) -> None:
@@ -158,11 +158,6 @@ class SACParameters:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    field_names: ClassVar[tuple[str, ...]]
-
-
-SACParameters.field_names = tuple(f.name for f in dataclasses.fields(SACParameters))
 
 #: The reference AquaML's name for SACParameters.
 SAC2_parameter = SACParameters

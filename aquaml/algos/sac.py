@@ -222,17 +222,6 @@ class SAC:
         return metrics, {k: v.numpy() for k, v in out.items()}
 
     # --- weights -------------------------------------------------------------------------------
-    def actor_weights(self) -> list[np.ndarray]:
-        """The actor's weights (and the global log_std when used), for publishing to workers."""
-        extra = [] if self.log_std is None else [np.asarray(self.log_std)]
-        return list(self.actor.model.get_weights()) + extra
-
-    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
-        n = len(self.actor.model.weights)
-        self.actor.model.set_weights(weights[:n])
-        if self.log_std is not None:
-            self.log_std.assign(weights[n])
-
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``sac_state.npz``, each atomically."""
         os.makedirs(directory, exist_ok=True)
