@@ -26,8 +26,13 @@ from aquaml.env import GymnasiumEnv, RLBaseEnv
 from aquaml.logger import RunLogger
 from aquaml.model import build_models
 from aquaml.parallel.devices import limit_tf_threads
+from aquaml.parallel.failure import install_abort_hook, report_and_abort
+from aquaml.parallel.mpi import launched_ranks, mpi
+from aquaml.parallel.roles import run_task
+from aquaml.parallel.topology import make_topology
+from aquaml.progress import Progress
 from aquaml.storage import unique_run_dir, write_text_atomic
-from aquaml.worker import Worker, evaluate
+from aquaml.worker import Worker
 
 
 #: Evaluation environments stepped together (one batched policy call per step for all of them).
@@ -57,15 +62,6 @@ def _make_env(factory: Callable[[], Any]) -> RLBaseEnv:
     return env
 
 
-def launched_ranks() -> int:
-    """How many ranks the MPI launcher started, read from its environment (1 for a plain process)."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        value = os.environ.get(var, "")
-        if value.isdigit():
-            return int(value)
-    return 1
-
-
 def _versions() -> dict[str, str]:
     from aquaml import __version__
     return {"aquaml": __version__, "python": platform.python_version(), "numpy": np.__version__,
@@ -81,8 +77,8 @@ class RLTaskStarter:
         model_class_dict: model classes by role, e.g. ``{'actor': Actor, 'qf1': Q, 'qf2': Q}``.
         algo: the algorithm class (``SAC``, or the reference's alias ``SAC2``).
         algo_hyperparameter: the algorithm's parameters (``SACParameters``); None uses defaults.
-        mpi_comm: reserved for the MPI runtime; must be None in this version, which also refuses
-            to start under an MPI launcher with more than one rank.
+        mpi_comm: the task's communicator; None means COMM_WORLD when the process was started as
+            more than one rank, else one process. Rank 0 optimizes, every other rank is a worker.
         name: the run's name; its files go to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix
             if that already holds a run: nothing is overwritten).
         run_root: the directory that holds runs.
@@ -108,21 +104,25 @@ class RLTaskStarter:
         if not isinstance(params, algo.parameters_class):
             raise TypeError(f"algo_hyperparameter must be a {algo.parameters_class.__name__} for {algo.name}, "
                             f"got {type(params).__name__}")
-        ranks = launched_ranks()
-        if mpi_comm is not None or ranks > 1:
-            raise NotImplementedError(
-                f"this version of aquaml trains in one process, but it was given an MPI communicator or started "
-                f"as {ranks} ranks; run it as a plain process (the MPI runtime is planned, and running N "
-                "independent copies silently, as the reference AquaML did, is not what mpirun users want)")
         if name is not None and (not isinstance(name, str) or not name or os.sep in name):
             raise ValueError(f"name must be a non-empty string without {os.sep!r}, got {name!r}")
-        limit_tf_threads(optimizer_threads)
+        if mpi_comm is None and launched_ranks() > 1:
+            mpi_comm = mpi().COMM_WORLD
+        self.topology = make_topology(mpi_comm) if mpi_comm is not None and mpi_comm.Get_size() > 1 else None
+        if self.topology is not None:
+            install_abort_hook(mpi_comm, self.topology.role)
+            if self.topology.is_optimizer and optimizer_threads is None:
+                optimizer_threads = max(1, (os.cpu_count() or 1) - (self.topology.node_comm.Get_size() - 1))
+            limit_tf_threads(optimizer_threads if self.topology.is_optimizer else 1, 1)
+        else:
+            limit_tf_threads(optimizer_threads)
 
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)
         self.envs = [_make_env(factory) for _ in range(params.envs_per_worker)]
         eval_factory = factory if eval_env is None else _env_factory(eval_env)
-        self.eval_envs = [_make_env(eval_factory) for _ in range(min(params.calculate_episodes, MAX_EVAL_ENVS))]
+        self.eval_envs = [_make_env(eval_factory) for _ in range(min(params.calculate_episodes, MAX_EVAL_ENVS))
+                          if self.topology is None or self.topology.is_optimizer]
         self.obs_info: DataInfo = self.envs[0].obs_info
         if self.envs[0].action_info is not None:
             algo.check_action_info(self.envs[0].action_info)
@@ -130,9 +130,10 @@ class RLTaskStarter:
         models, self.action_info = build_models(model_class_dict, algo.required_models, self.obs_info,
                                                 self.envs[0].action_info)
         self.algo = algo(models, self.obs_info, self.action_info, params)
-        self.buffer = ReplayBuffer(self.algo.batch_info, params.buffer_size)
-        self.worker = Worker(self.envs, self.obs_info, self.action_info, self.algo.act, self.buffer,
-                             seed=params.seed)
+        if self.topology is None:  # under MPI the buffer lives in shared memory, made in run()
+            self.buffer = ReplayBuffer(self.algo.batch_info, params.buffer_size)
+            self.worker = Worker(self.envs, self.obs_info, self.action_info, self.algo.act, self.buffer,
+                                 seed=params.seed)
         self.name = name or f"{algo.name.lower()}_{type(self.envs[0]).__name__}"
         self.run_root = run_root
         self.run_dir: str | None = None
@@ -144,14 +145,22 @@ class RLTaskStarter:
                 "models": {k: {"class": self.model_classes[k], "learning_rate": s.learning_rate,
                                "optimizer": type(s.optimizer).__name__, "input_name": list(s.input_names)}
                            for k, s in self.algo.models.items()},
-                "ranks": 1, "versions": _versions(), "command": sys.argv}
+                "ranks": 1 if self.topology is None else self.topology.size, "versions": _versions(), "command": sys.argv}
+
+    @property
+    def models_dir(self) -> str:
+        return os.path.join(self.run_dir, "models")
 
     def run(self) -> dict[str, float]:
-        """Train for ``total_steps`` environment steps; return the final evaluation statistics."""
-        self.run_dir = unique_run_dir(self.run_root, self.name)
-        write_text_atomic(os.path.join(self.run_dir, "config.json"), json.dumps(self._config(), indent=2))
+        """Train for ``total_steps`` environment steps; return the final evaluation statistics.
+
+        Under MPI every rank calls this; the optimizer returns the statistics, workers an empty dict.
+        """
+        if self.topology is not None:
+            return self._run_mpi()
+        self._open_run_dir()
         logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
-        models_dir = os.path.join(self.run_dir, "models")
+        models_dir = self.models_dir
         try:
             final = _TrainingLoop(self, logger).run()
         except KeyboardInterrupt:
@@ -162,44 +171,56 @@ class RLTaskStarter:
         finally:
             logger.close()
         self.algo.save(models_dir)
+        self._report(final)
+        return final
+
+    def _open_run_dir(self) -> None:
+        self.run_dir = unique_run_dir(self.run_root, self.name)
+        write_text_atomic(os.path.join(self.run_dir, "config.json"), json.dumps(self._config(), indent=2))
+
+    def _run_mpi(self) -> dict[str, float]:
+        topo = self.topology
+        logger = None
+        try:
+            if topo.is_optimizer:
+                self._open_run_dir()
+                logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
+            final = run_task(self, topo, lambda: Progress(self, logger))
+        except BaseException as exc:  # a dead rank must not leave the others waiting
+            report_and_abort(topo.comm, topo.role, exc)
+            raise
+        finally:
+            if logger is not None:
+                logger.close()
+        self._report(final)
+        return final
+
+    def _report(self, final: dict[str, float]) -> None:
         if self.verbose and final:
             print(f"[{self.name}] final evaluation return {final['eval/return_mean']:.1f} "
                   f"± {final['eval/return_std']:.1f} over {self.params.calculate_episodes} episodes; "
                   f"run saved in {self.run_dir}", flush=True)
-        return final
 
 
 class _TrainingLoop:
     """One process: act, store and train interleaved, keeping ``replay_ratio`` updates per step."""
 
-    def __init__(self, starter: RLTaskStarter, logger) -> None:
-        self.s, self.logger, self.p = starter, logger, starter.params
+    def __init__(self, starter: RLTaskStarter, logger: RunLogger) -> None:
+        self.s, self.p = starter, starter.params
+        self.progress = Progress(starter, logger)
         self.rng = np.random.default_rng(self.p.seed + 1)
         self.steps = self.updates = 0
-        self._epoch_episodes: list = []
-        self._metric_sum = np.zeros(len(starter.algo.metric_names))
-        self._metric_count = 0
-        self._epoch_start = (time.perf_counter(), 0, 0)
         self._last_burst = 0
 
     def run(self) -> dict[str, float]:
         p, worker = self.p, self.s.worker
-        final: dict[str, float] = {}
-        next_epoch, next_eval = p.epoch_length, p.eval_interval or math.inf
         actions = None
         while self.steps < p.total_steps:
-            self._epoch_episodes += worker.step(random=self.steps < p.warmup_steps, actions=actions)
+            self.progress.add_episodes(worker.step(random=self.steps < p.warmup_steps, actions=actions))
             self.steps = worker.steps
             actions = self._train()
-            evaluation = {}
-            if self.steps >= next_eval or (self.steps >= p.total_steps and p.calculate_episodes):
-                evaluation = final = evaluate_policy(self.s, p.calculate_episodes)
-                next_eval += p.eval_interval or math.inf
-            if self.steps >= next_epoch or self.steps >= p.total_steps or evaluation:
-                self._end_epoch(evaluation, display=self.steps >= next_epoch or self.steps >= p.total_steps)
-                while next_epoch <= self.steps:
-                    next_epoch += p.epoch_length
-        return final
+            self.progress.advance(self.steps, self.updates, finished=self.steps >= p.total_steps)
+        return self.progress.final
 
     def _train(self) -> dict | None:
         """Run the updates due; return the next step's actions when the last update computed them."""
@@ -217,47 +238,7 @@ class _TrainingLoop:
                 metrics, actions = algo.update_and_act(batch, self.s.worker.obs)
             else:
                 metrics = algo.update(batch)
-            self._metric_sum += metrics.numpy()
-            self._metric_count += 1
+            self.progress.add_metrics(metrics.numpy())
             self.updates += 1
         return actions
 
-    def _end_epoch(self, evaluation: dict[str, float], display: bool) -> None:
-        now = time.perf_counter()
-        t0, steps0, updates0 = self._epoch_start
-        row: dict[str, float] = {"charts/updates": self.updates,
-                                 "charts/SPS": (self.steps - steps0) / max(now - t0, 1e-9),
-                                 "charts/UPS": (self.updates - updates0) / max(now - t0, 1e-9)}
-        row.update(episode_row(self._epoch_episodes))
-        means = self._metric_sum / self._metric_count if self._metric_count else np.full_like(self._metric_sum, np.nan)
-        row.update({k: float(v) for k, v in zip(self.s.algo.metric_names, means)})
-        row.update(evaluation or {k: float("nan") for k in EVAL_KEYS})
-        self.logger.write(self.steps, row)
-        epoch = self.steps // self.p.epoch_length
-        if self.s.verbose and display and (epoch % self.p.display_interval == 0 or self.steps >= self.p.total_steps):
-            self.logger.display(self.steps, row)
-        self._epoch_episodes, self._metric_count = [], 0
-        self._metric_sum[:] = 0
-        self._epoch_start = (time.perf_counter(), self.steps, self.updates)
-
-
-EVAL_KEYS = ("eval/return_mean", "eval/return_std", "eval/return_min", "eval/return_max", "eval/length_mean")
-
-
-def episode_row(episodes: list) -> dict[str, float]:
-    """Mean return, length and reward components of the episodes that ended in an epoch."""
-    row = {"charts/episodes": float(len(episodes))}
-    if not episodes:
-        return {**row, "charts/episode_return": float("nan"), "charts/episode_length": float("nan")}
-    row["charts/episode_return"] = float(np.mean([e.ret for e in episodes]))
-    row["charts/episode_length"] = float(np.mean([e.length for e in episodes]))
-    for key in episodes[0].rewards:
-        if key != "total_reward":
-            row[f"charts/reward/{key}"] = float(np.mean([e.rewards.get(key, 0.0) for e in episodes]))
-    return row
-
-
-def evaluate_policy(starter: RLTaskStarter, episodes: int) -> dict[str, float]:
-    """Deterministic evaluation of the starter's current policy on its evaluation environment."""
-    return evaluate(starter.eval_envs, starter.obs_info, starter.algo.act, episodes,
-                    seed=starter.params.seed + 1_000_003)

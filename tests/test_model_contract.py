@@ -116,10 +116,3 @@ def test_keras_model_subclass_like_the_reference_is_accepted():
     env = start(actor=RefActor)
     assert env.steps_taken == 0
 
-
-def test_started_as_several_mpi_ranks_is_refused_not_run_n_times(monkeypatch):
-    monkeypatch.setenv("PMI_SIZE", "6")
-    env = CountingEnv()
-    with pytest.raises(NotImplementedError, match="started as 6 ranks"):
-        start(env=env)
-    assert env.steps_taken == 0

@@ -1,6 +1,7 @@
 """Tutorial 1: Soft Actor-Critic on Pendulum-v1, written the way the reference AquaML tutorial is.
 
-    python tutorials/tutorial1.py                      # about 10,000 steps; prints the final return
+    python tutorials/tutorial1.py                      # 10,000 steps in one process
+    mpirun -n 6 python tutorials/tutorial1.py          # one optimizer rank and five worker ranks
     python tutorials/tutorial1.py --steps 2000 --seed 3
 
 The pieces a user writes: an actor and a critic (RLBaseModel subclasses), an environment wrapper
@@ -110,7 +111,8 @@ def main(argv=None):
         optimizer_threads=args.threads,
     )
     result = starter.run()
-    print(f"final evaluation return: {result['eval/return_mean']:.1f}")
+    if result:  # under MPI only the optimizer rank (rank 0) evaluates
+        print(f"final evaluation return: {result['eval/return_mean']:.1f}")
     return result
 
 

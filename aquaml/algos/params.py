@@ -123,6 +123,10 @@ class SACParameters:
     """Epochs between progress lines on the console."""
     envs_per_worker: int = 1
     """Environment copies stepped together by each worker (one batched actor call for all)."""
+    max_worker_lead: int = 64
+    """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far."""
+    weight_sync_interval: int = 1
+    """Under MPI: updates between publications of the actor's weights to the workers."""
     seed: int = 0
     """Seed of every random stream (environments, initial weights, sampling, noise)."""
     jit_compile: bool = False
@@ -130,11 +134,11 @@ class SACParameters:
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
-                     "calculate_episodes", "display_interval", "envs_per_worker"):
+                     "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
                    "a positive int", value)
-        for name in ("learning_starts", "eval_interval", "seed"):
+        for name in ("learning_starts", "eval_interval", "seed", "max_worker_lead"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
                    "an int >= 0", value)

@@ -222,6 +222,22 @@ class SAC:
         return metrics, {k: v.numpy() for k, v in out.items()}
 
     # --- weights -------------------------------------------------------------------------------
+    def actor_weights(self) -> list[np.ndarray]:
+        """What acting needs: the actor's weights, plus the global log_std when the actor has none."""
+        extra = [] if self.log_std is None else [self.log_std.numpy()]
+        return list(self.actor.model.get_weights()) + extra
+
+    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
+        """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
+        n = len(self.actor.model.weights)
+        self.actor.model.set_weights(weights[:n])
+        if self.log_std is not None:
+            self.log_std.assign(weights[n])
+
+    def reseed_noise(self, seed: int) -> None:
+        """Restart the exploration noise stream (each worker rank gets its own)."""
+        self.noise.reset_from_seed(seed)
+
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``sac_state.npz``, each atomically."""
         os.makedirs(directory, exist_ok=True)

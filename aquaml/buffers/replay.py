@@ -15,16 +15,25 @@ from aquaml.data import DataInfo
 
 
 class ArrayStore(Protocol):
-    """Where a buffer's arrays live. ``allocate`` returns a zeroed array of that shape and dtype."""
+    """Where a buffer's arrays live.
 
-    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray: ...
+    ``allocate({name: (shape, dtype)})`` returns zeroed arrays; ``fence()`` orders memory between a
+    writer's data and the counter that publishes it (a no-op within one process).
+    """
+
+    def allocate(self, layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]: ...
+
+    def fence(self) -> None: ...
 
 
 class LocalArrayStore:
     """Plain numpy arrays in this process."""
 
-    def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return np.zeros(shape, dtype)
+    def allocate(self, layout: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, np.ndarray]:
+        return {name: np.zeros(shape, dtype) for name, (shape, dtype) in layout.items()}
+
+    def fence(self) -> None:
+        pass
 
 
 class ReplayBuffer:
@@ -43,13 +52,14 @@ class ReplayBuffer:
     def __init__(self, info: DataInfo, capacity: int, num_slices: int = 1, store: ArrayStore | None = None):
         if capacity <= 0 or num_slices <= 0:
             raise ValueError(f"ReplayBuffer needs capacity > 0 and num_slices > 0, got {capacity}, {num_slices}")
-        store = store or LocalArrayStore()
+        self.store = store or LocalArrayStore()
         self.info = info
         self.num_slices = num_slices
         self.slice_capacity = -(-capacity // num_slices)
-        self.arrays = {n: store.allocate(n, (num_slices, self.slice_capacity) + info.shape(n), info.dtype(n))
-                       for n in info.names}
-        self.counters = store.allocate("__counters__", (num_slices,), np.dtype(np.int64))
+        layout = {n: ((num_slices, self.slice_capacity) + info.shape(n), info.dtype(n)) for n in info.names}
+        arrays = self.store.allocate({**layout, "__counters__": ((num_slices,), np.dtype(np.int64))})
+        self.counters = arrays.pop("__counters__")
+        self.arrays = arrays
 
     @property
     def capacity(self) -> int:
@@ -67,15 +77,37 @@ class ReplayBuffer:
         row = int(self.counters[slice_index] % self.slice_capacity)
         for name, array in self.arrays.items():
             array[slice_index, row] = transition[name]
+        self.store.fence()
         self.counters[slice_index] += 1
 
     def write_batch(self, slice_index: int, transitions: Mapping[str, np.ndarray]) -> None:
         """Append ``n`` transitions (arrays of shape ``(n, *shape)``) to a slice, in order."""
         n = len(transitions[self.info.names[0]])
-        rows = (int(self.counters[slice_index]) + np.arange(n)) % self.slice_capacity
-        for name, array in self.arrays.items():
-            array[slice_index, rows] = transitions[name]
-        self.counters[slice_index] += n
+        start = int(self.counters[slice_index])
+        if n == 1:  # the common case of one environment per worker: plain indexing is 3x cheaper
+            row = start % self.slice_capacity
+            for name, array in self.arrays.items():
+                array[slice_index, row] = transitions[name][0]
+        else:
+            rows = (start + np.arange(n)) % self.slice_capacity
+            for name, array in self.arrays.items():
+                array[slice_index, rows] = transitions[name]
+        self.store.fence()
+        self.counters[slice_index] = start + n
+
+    def rows_since(self, slice_index: int, start: int) -> tuple[dict[str, np.ndarray], int]:
+        """Copies of the rows a slice received since its counter was ``start``, in order, and the new count.
+
+        Raises:
+            ValueError: rows since ``start`` were already overwritten (the reader fell a capacity behind).
+        """
+        end = int(self.counters[slice_index])
+        self.store.fence()
+        if end - start > self.slice_capacity:
+            raise ValueError(f"slice {slice_index}: rows {start}..{end - self.slice_capacity} were overwritten "
+                             f"before being read (capacity {self.slice_capacity})")
+        rows = np.arange(start, end) % self.slice_capacity
+        return {n: a[slice_index, rows] for n, a in self.arrays.items()}, end
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``batch_size`` transitions drawn uniformly, with replacement, from all filled rows.
@@ -84,6 +116,7 @@ class ReplayBuffer:
             ValueError: the buffer is empty.
         """
         filled = self.filled()
+        self.store.fence()
         total = int(filled.sum())
         if total == 0:
             raise ValueError("cannot sample from an empty ReplayBuffer")

@@ -1,0 +1,41 @@
+"""No rank hangs for a dead peer: an exception anywhere aborts the job; signals stop it cleanly."""
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from typing import Any
+
+
+def report_and_abort(comm: Any, role: str, exc: BaseException) -> None:
+    """Print ``rank N (role): <traceback>`` to stderr and abort every rank with exit code 1."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    sys.stderr.write(f"rank {comm.Get_rank()} ({role}): {text}")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+def install_abort_hook(comm: Any, role: str) -> None:
+    """Make any uncaught exception on this rank abort the whole job instead of leaving peers waiting."""
+    def hook(exc_type, exc, tb):
+        report_and_abort(comm, role, exc.with_traceback(tb))
+    sys.excepthook = hook
+
+
+class StopRequest:
+    """Turns SIGTERM and SIGINT into a flag that the training loops check between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,231 @@
+"""The asynchronous off-policy schedule over MPI: one optimizer rank, worker ranks around it.
+
+Workers step environments and write transitions into their slice of the node's shared replay
+buffer (or ship them to the optimizer from other nodes); the optimizer samples everything written,
+trains, and publishes actor weights. ``replay_ratio`` holds both ways: the optimizer waits while
+fewer than ``replay_ratio`` updates per environment step are due, and a worker pauses when it runs
+more than ``max_worker_lead`` steps ahead of what the updates so far allow. Every wait sleeps.
+
+Nothing here knows which algorithm it runs: it calls ``update``, ``act``, ``actor_weights`` and
+``set_actor_weights`` on it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from aquaml.buffers.replay import ReplayBuffer
+from aquaml.parallel.failure import StopRequest
+from aquaml.parallel.mpi import POLL_SECONDS, sleepy_barrier
+from aquaml.parallel.shared import SharedArrayStore
+from aquaml.parallel.topology import Topology
+from aquaml.parallel.transport import (EPISODE_INFO, TransitionReceiver, TransitionSender, WeightSender,
+                                       receive_weights)
+from aquaml.parallel.weights import WeightStore
+from aquaml.worker import EpisodeStats, Worker
+
+# control block: [updates, stop, done(worker 0), done(worker 1), ...]
+UPDATES, STOP, DONE = 0, 1, 2
+EPISODE_RING = 1024
+
+
+def share(total: int, workers: int, index: int) -> int:
+    """Worker ``index``'s part of ``total`` when split as evenly as possible."""
+    return total // workers + (1 if index < total % workers else 0)
+
+
+class NodeState:
+    """What the ranks of one node share: control block and weight store; on the optimizer's node
+    also the replay buffer (a slice per worker) and per-worker rings of finished episodes."""
+
+    def __init__(self, topo: Topology, batch_info, weight_shapes, buffer_size: int) -> None:
+        self.store = SharedArrayStore(topo.node_comm)
+        self.control = self.store.allocate({"control": ((DONE + topo.num_workers,), np.dtype(np.int64))})["control"]
+        self.weights = WeightStore(weight_shapes, self.store)
+        self.buffer = self.episodes = None
+        if topo.on_optimizer_node:
+            self.buffer = ReplayBuffer(batch_info, buffer_size, topo.num_workers, self.store)
+            self.episodes = ReplayBuffer(EPISODE_INFO, EPISODE_RING * topo.num_workers, topo.num_workers, self.store)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class OptimizerRole:
+    """Rank 0: trains on everything the workers wrote, publishes weights, logs and evaluates."""
+
+    def __init__(self, starter: Any, topo: Topology, state: NodeState, progress: Any, stop: StopRequest) -> None:
+        self.s, self.p, self.topo, self.state, self.progress, self.stop = starter, starter.params, topo, state, progress, stop
+        self.rng = np.random.default_rng(self.p.seed + 1)
+        self.updates = 0
+        self._episodes_read = np.zeros(topo.num_workers, np.int64)
+        remote = topo.remote_workers()
+        self.local_workers = [r - 1 for r in range(1, topo.size) if r not in remote]
+        self.receiver = TransitionReceiver(topo.comm, state.buffer.info, state.buffer, self._remote_episodes) \
+            if remote else None
+        self.weight_sender = WeightSender(topo.comm, topo.remote_leaders) if topo.remote_leaders else None
+
+    def _remote_episodes(self, worker: int, columns: dict) -> None:
+        self.progress.add_episodes(_episode_stats(columns))
+
+    def _drain_local_episodes(self) -> None:
+        for w in self.local_workers:
+            if self.state.episodes.counters[w] > self._episodes_read[w]:
+                columns, self._episodes_read[w] = self.state.episodes.rows_since(w, int(self._episodes_read[w]))
+                self.progress.add_episodes(_episode_stats(columns))
+
+    def publish(self, force: bool = False) -> None:
+        version = self.state.weights.publish(self.s.algo.actor_weights())
+        if self.weight_sender is not None:
+            flat = self.state.weights.read_flat(version - 1)[1]
+            self.weight_sender.send(flat, version, self.updates, stop=False, force=force)
+
+    def _all_done(self) -> bool:
+        local = all(self.state.control[DONE + w] for w in self.local_workers)
+        return local and (self.receiver is None or len(self.receiver.done) == len(self.topo.remote_workers()))
+
+    def run(self) -> dict[str, float]:
+        p, buffer, control = self.p, self.state.buffer, self.state.control
+        self.publish(force=True)
+        total = 0
+        while not self.stop.requested:
+            if self.receiver is not None:
+                self.receiver.poll()
+            self._drain_local_episodes()
+            total = int(buffer.counters.sum())
+            due = int((total - p.learning_starts) * p.replay_ratio) - self.updates if total >= p.learning_starts else 0
+            if due > 0:
+                metrics = self.s.algo.update(buffer.sample(p.batch_size, self.rng))
+                self.progress.add_metrics(metrics.numpy())
+                self.updates += 1
+                control[UPDATES] = self.updates
+                if self.updates % p.weight_sync_interval == 0:
+                    self.publish()
+            elif self._all_done():
+                break
+            else:
+                time.sleep(POLL_SECONDS)
+            if total < p.total_steps:  # the last epoch's row is written once, with the final evaluation
+                self.progress.advance(total, self.updates)
+        self._drain_local_episodes()
+        self.progress.advance(total, self.updates, finished=True)
+        return self.progress.final
+
+    def finish(self) -> None:
+        """Tell every worker to stop (shared flag here, a message to other nodes' leaders)."""
+        self.state.store.fence()
+        self.state.control[STOP] = 1
+        self.state.store.fence()
+        if self.weight_sender is not None:
+            flat = self.state.weights.read_flat(0)[1]
+            self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=True, force=True)
+            self.weight_sender.wait()
+        while self.receiver is not None and not self._all_done():
+            self.receiver.poll()  # stopped early: take the workers' last messages so their sends complete
+            time.sleep(POLL_SECONDS)
+
+
+def _episode_stats(columns: dict) -> list[EpisodeStats]:
+    return [EpisodeStats({"total_reward": float(r)}, int(n), False)
+            for r, n in zip(columns["return"], columns["length"])]
+
+
+class WorkerRole:
+    """A worker rank: steps its environments, writes its slice, keeps pace with the optimizer."""
+
+    def __init__(self, starter: Any, topo: Topology, state: NodeState, stop: StopRequest) -> None:
+        self.s, self.p, self.topo, self.state, self.stop = starter, starter.params, topo, state, stop
+        w = topo.worker_index
+        self.quota = share(self.p.total_steps, topo.num_workers, w)
+        self.warmup = share(self.p.warmup_steps, topo.num_workers, w)
+        self.sender = None if topo.on_optimizer_node else TransitionSender(topo.comm, starter.algo.batch_info)
+        sink = state.buffer if self.sender is None else self.sender
+        self.worker = Worker(starter.envs, starter.obs_info, starter.action_info, starter.algo.act, sink,
+                             slice_index=w, seed=self.p.seed + 1000 * (w + 1))
+        starter.algo.reseed_noise(self.p.seed + 7919 + 104_729 * (w + 1))
+        self.version = 0
+
+    def _allowed_steps(self) -> int:
+        updates = int(self.state.control[UPDATES])
+        allowed_total = self.p.learning_starts + updates / self.p.replay_ratio
+        return math.ceil(allowed_total / self.topo.num_workers) + self.p.max_worker_lead
+
+    def _poll_leader_messages(self) -> None:
+        """On another node's leader: move the newest weights and counters into the node's store."""
+        if self.sender is None or not self.topo.is_node_leader:
+            return
+        got = receive_weights(self.topo.comm)
+        if got is not None:
+            version, updates, stop, flat = got
+            if version > self.state.weights.version:
+                self.state.weights.publish_flat(flat)
+            self.state.control[UPDATES] = updates
+            if stop:
+                self.state.control[STOP] = 1
+
+    def _load_weights(self) -> None:
+        got = self.state.weights.read(self.version)
+        if got is not None:
+            self.version, weights = got
+            self.s.algo.set_actor_weights(weights)
+
+    def _stopping(self) -> bool:
+        return self.stop.requested or bool(self.state.control[STOP])
+
+    def run(self) -> None:
+        worker = self.worker
+        while worker.steps < self.quota and not self._stopping():
+            self._poll_leader_messages()
+            random = worker.steps < self.warmup
+            if not random and worker.steps >= self._allowed_steps():
+                if self.sender is not None:
+                    self.sender.flush()
+                time.sleep(POLL_SECONDS)
+                continue
+            self._load_weights()
+            if not random and self.version == 0:
+                time.sleep(POLL_SECONDS)  # the first weights are on their way
+                continue
+            episodes = worker.step(random=random)
+            if episodes:
+                self._record(episodes)
+        if self.sender is not None:
+            self.sender.flush(done=True)
+            self.sender.wait()
+        else:
+            self.state.control[DONE + self.topo.worker_index] = 1
+        while not bool(self.state.control[STOP]):
+            self._poll_leader_messages()
+            time.sleep(POLL_SECONDS * 4)
+
+    def _record(self, episodes: list) -> None:
+        if self.sender is not None:
+            self.sender.add_episodes(episodes)
+            return
+        self.state.episodes.write_batch(self.topo.worker_index, {
+            "return": np.array([e.ret for e in episodes], np.float64),
+            "length": np.array([e.length for e in episodes], np.int64)})
+
+
+def run_task(starter: Any, topo: Topology, progress_factory: Any) -> dict[str, float]:
+    """Run one task on every rank of ``topo``; the optimizer returns its final evaluation."""
+    stop = StopRequest()
+    state = NodeState(topo, starter.algo.batch_info, [w.shape for w in starter.algo.actor_weights()],
+                      starter.params.buffer_size)
+    try:
+        if topo.is_optimizer:
+            role = OptimizerRole(starter, topo, state, progress_factory(), stop)
+            final = role.run()
+            starter.algo.save(starter.models_dir)
+            role.finish()
+        else:
+            WorkerRole(starter, topo, state, stop).run()
+            final = {}
+        sleepy_barrier(topo.comm)
+    finally:
+        stop.restore()
+    state.close()
+    return final

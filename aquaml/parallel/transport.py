@@ -1,0 +1,159 @@
+"""Between nodes: transitions go to the optimizer and weights come back, as contiguous byte buffers.
+
+A message is one uint8 array: an int64 header, then each column's bytes in DataInfo order. Nothing
+is pickled. Sends are non-blocking; completions and receives are polled with sleeps in between.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from aquaml.data import DataInfo
+from aquaml.parallel.mpi import mpi, sleepy_wait
+
+TAG_TRANSITIONS = 71
+TAG_WEIGHTS = 72
+
+#: Columns of the per-episode records that travel with transitions.
+EPISODE_INFO = DataInfo(("return", "length"), ((), ()), (np.float64, np.int64))
+
+
+def pack(header: list[int], parts: list[tuple[DataInfo, Mapping[str, np.ndarray]]]) -> np.ndarray:
+    """One contiguous byte buffer: the int64 header, then every column of every part in order."""
+    chunks = [np.asarray(header, np.int64).view(np.uint8)]
+    for info, columns in parts:
+        chunks += [np.ascontiguousarray(columns[n], dtype=info.dtype(n)).reshape(-1).view(np.uint8)
+                   for n in info.names]
+    return np.concatenate(chunks)
+
+
+def unpack(buf: np.ndarray, header_len: int, parts: list[tuple[DataInfo, int]]) -> tuple[np.ndarray, list[dict]]:
+    """Invert ``pack``: the header and, per part, its columns with the given row counts."""
+    header = buf[:8 * header_len].view(np.int64)
+    offset, out = 8 * header_len, []
+    for info, rows in parts:
+        columns = {}
+        for n in info.names:
+            shape = (rows,) + info.shape(n)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * info.dtype(n).itemsize
+            columns[n] = buf[offset:offset + nbytes].view(info.dtype(n)).reshape(shape)
+            offset += nbytes
+        out.append(columns)
+    return header, out
+
+
+class TransitionSender:
+    """A remote worker's stand-in for its buffer slice: stages transitions and ships them to rank 0.
+
+    Args:
+        comm: the task communicator.
+        info: the transition columns.
+        chunk: transitions per message (a flush also happens before the worker waits, and at the end).
+    """
+
+    def __init__(self, comm: Any, info: DataInfo, chunk: int = 64) -> None:
+        self.comm, self.info, self.chunk = comm, info, chunk
+        self._staged: list[Mapping[str, np.ndarray]] = []
+        self._episodes: list[tuple[float, int]] = []
+        self._rows = 0
+        self._request = None
+        self._sending: np.ndarray | None = None
+        self.sent = 0
+
+    def write_batch(self, slice_index: int, columns: Mapping[str, np.ndarray]) -> None:
+        self._staged.append({n: np.array(columns[n]) for n in self.info.names})
+        self._rows += len(columns[self.info.names[0]])
+        if self._rows >= self.chunk:
+            self.flush()
+
+    def add_episodes(self, episodes: list) -> None:
+        self._episodes += [(e.ret, e.length) for e in episodes]
+
+    def flush(self, done: bool = False) -> None:
+        """Send what is staged (and the episodes that ended), marking the last message ``done``."""
+        if not self._rows and not self._episodes and not done:
+            return
+        columns = {n: np.concatenate([s[n] for s in self._staged]) if self._staged
+                   else np.zeros((0,) + self.info.shape(n), self.info.dtype(n)) for n in self.info.names}
+        episodes = {"return": np.array([e[0] for e in self._episodes], np.float64),
+                    "length": np.array([e[1] for e in self._episodes], np.int64)}
+        message = pack([self._rows, len(self._episodes), int(done)], [(self.info, columns), (EPISODE_INFO, episodes)])
+        self.wait()
+        self._sending = message  # kept alive until the send completes
+        self._request = self.comm.Isend([message, mpi().BYTE], dest=0, tag=TAG_TRANSITIONS)
+        self.sent += self._rows
+        self._staged, self._episodes, self._rows = [], [], 0
+
+    def wait(self) -> None:
+        if self._request is not None:
+            sleepy_wait(self._request)
+            self._request = None
+
+
+class TransitionReceiver:
+    """On the optimizer: writes remote workers' transitions into their slices as messages arrive."""
+
+    def __init__(self, comm: Any, info: DataInfo, buffer: Any, episode_sink: Any) -> None:
+        self.comm, self.info, self.buffer, self.episode_sink = comm, info, buffer, episode_sink
+        self.done: set[int] = set()
+
+    def poll(self) -> int:
+        """Take every message that has arrived; return how many transitions were written."""
+        MPI = mpi()
+        status, written = MPI.Status(), 0
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_TRANSITIONS, status=status):
+            source = status.Get_source()
+            buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            self.comm.Recv([buf, MPI.BYTE], source=source, tag=TAG_TRANSITIONS)  # already here: no wait
+            rows, n_episodes = (int(v) for v in buf[:16].view(np.int64))
+            header, (columns, episodes) = unpack(buf, 3, [(self.info, rows), (EPISODE_INFO, n_episodes)])
+            if rows:
+                self.buffer.write_batch(source - 1, columns)
+            self.episode_sink(source - 1, episodes)
+            if header[2]:
+                self.done.add(source)
+            written += rows
+        return written
+
+
+class WeightSender:
+    """On the optimizer: sends new weights (with the update count and stop flag) to remote node leaders.
+
+    A leader whose previous message is still in flight is skipped this time, so messages never queue.
+    """
+
+    def __init__(self, comm: Any, leaders: list[int]) -> None:
+        self.comm, self.leaders = comm, leaders
+        self._pending: dict[int, tuple[Any, np.ndarray]] = {}
+
+    def send(self, flat: np.ndarray, version: int, updates: int, stop: bool, force: bool = False) -> None:
+        message = np.concatenate([np.array([version, updates, int(stop)], np.int64).view(np.uint8),
+                                  np.asarray(flat, np.float32).view(np.uint8)])
+        for leader in self.leaders:
+            pending = self._pending.get(leader)
+            if pending is not None:
+                if force:
+                    sleepy_wait(pending[0])
+                elif not pending[0].Test():
+                    continue
+            self._pending[leader] = (self.comm.Isend([message, mpi().BYTE], dest=leader, tag=TAG_WEIGHTS), message)
+
+    def wait(self) -> None:
+        for request, _ in self._pending.values():
+            sleepy_wait(request)
+        self._pending.clear()
+
+
+def receive_weights(comm: Any) -> tuple[int, int, bool, np.ndarray] | None:
+    """On a remote node leader: the newest weights message, ``(version, updates, stop, flat)``, or None."""
+    MPI = mpi()
+    status, latest = MPI.Status(), None
+    while comm.Iprobe(source=0, tag=TAG_WEIGHTS, status=status):
+        buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+        comm.Recv([buf, MPI.BYTE], source=0, tag=TAG_WEIGHTS)
+        latest = buf
+    if latest is None:
+        return None
+    version, updates, stop = (int(v) for v in latest[:24].view(np.int64))
+    return version, updates, bool(stop), latest[24:].view(np.float32)

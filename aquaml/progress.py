@@ -1,0 +1,87 @@
+"""Epoch bookkeeping shared by every schedule: evaluation when due and one logged row per epoch."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from aquaml.logger import RunLogger
+from aquaml.worker import evaluate
+
+
+class Progress:
+    """Epoch bookkeeping shared by every schedule: evaluation when due, one logged row per epoch.
+
+    Callers report finished episodes and update metrics as they come, and call ``advance`` with
+    the environment-step and update counts after each unit of work.
+    """
+
+    def __init__(self, starter: Any, logger: RunLogger) -> None:
+        self.s, self.logger, self.p = starter, logger, starter.params
+        self.next_epoch, self.next_eval = self.p.epoch_length, self.p.eval_interval or math.inf
+        self.final: dict[str, float] = {}
+        self._episodes: list = []
+        self._metric_sum = np.zeros(len(starter.algo.metric_names))
+        self._metric_count = 0
+        self._epoch_start = (time.perf_counter(), 0, 0)
+
+    def add_episodes(self, episodes: list) -> None:
+        self._episodes += episodes
+
+    def add_metrics(self, metrics: np.ndarray) -> None:
+        self._metric_sum += metrics
+        self._metric_count += 1
+
+    def advance(self, steps: int, updates: int, finished: bool = False) -> None:
+        """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""
+        evaluation = {}
+        if steps >= self.next_eval or finished:
+            evaluation = self.final = evaluate_policy(self.s, self.p.calculate_episodes)
+            while self.next_eval <= steps:
+                self.next_eval += self.p.eval_interval or math.inf
+        if steps >= self.next_epoch or finished or evaluation:
+            self._end_epoch(steps, updates, evaluation, display=steps >= self.next_epoch or finished)
+            while self.next_epoch <= steps:
+                self.next_epoch += self.p.epoch_length
+
+    def _end_epoch(self, steps: int, updates: int, evaluation: dict[str, float], display: bool) -> None:
+        now = time.perf_counter()
+        t0, steps0, updates0 = self._epoch_start
+        row: dict[str, float] = {"charts/updates": updates,
+                                 "charts/SPS": (steps - steps0) / max(now - t0, 1e-9),
+                                 "charts/UPS": (updates - updates0) / max(now - t0, 1e-9)}
+        row.update(episode_row(self._episodes))
+        means = self._metric_sum / self._metric_count if self._metric_count else np.full_like(self._metric_sum, np.nan)
+        row.update({k: float(v) for k, v in zip(self.s.algo.metric_names, means)})
+        row.update(evaluation or {k: float("nan") for k in EVAL_KEYS})
+        self.logger.write(steps, row)
+        epoch = steps // self.p.epoch_length
+        if self.s.verbose and display and (epoch % self.p.display_interval == 0 or steps >= self.p.total_steps):
+            self.logger.display(steps, row)
+        self._episodes, self._metric_count = [], 0
+        self._metric_sum[:] = 0
+        self._epoch_start = (time.perf_counter(), steps, updates)
+
+
+EVAL_KEYS = ("eval/return_mean", "eval/return_std", "eval/return_min", "eval/return_max", "eval/length_mean")
+
+
+def episode_row(episodes: list) -> dict[str, float]:
+    """Mean return, length and reward components of the episodes that ended in an epoch."""
+    row = {"charts/episodes": float(len(episodes))}
+    if not episodes:
+        return {**row, "charts/episode_return": float("nan"), "charts/episode_length": float("nan")}
+    row["charts/episode_return"] = float(np.mean([e.ret for e in episodes]))
+    row["charts/episode_length"] = float(np.mean([e.length for e in episodes]))
+    for key in episodes[0].rewards:
+        if key != "total_reward":
+            row[f"charts/reward/{key}"] = float(np.mean([e.rewards.get(key, 0.0) for e in episodes]))
+    return row
+
+
+def evaluate_policy(starter: Any, episodes: int) -> dict[str, float]:
+    """Deterministic evaluation of the starter's current policy on its evaluation environment."""
+    return evaluate(starter.eval_envs, starter.obs_info, starter.algo.act, episodes,
+                    seed=starter.params.seed + 1_000_003)
