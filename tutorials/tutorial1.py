@@ -17,13 +17,16 @@ import tensorflow as tf
 from aquaml import DataInfo, RLBaseEnv, RLBaseModel, RLTaskStarter, SAC2, SAC2_parameter
 
 
+HIDDEN = 256  # width of both hidden layers of every network (--hidden)
+
+
 class Actor_net(RLBaseModel):
     """Outputs the mean (before tanh squashing) and log standard deviation of the action."""
 
     def __init__(self):
         super().__init__()
-        self.dense1 = tf.keras.layers.Dense(256, activation="relu")
-        self.dense2 = tf.keras.layers.Dense(256, activation="relu")
+        self.dense1 = tf.keras.layers.Dense(HIDDEN, activation="relu")
+        self.dense2 = tf.keras.layers.Dense(HIDDEN, activation="relu")
         self.action_layer = tf.keras.layers.Dense(1)
         self.log_std = tf.keras.layers.Dense(1)
         self.learning_rate = 1e-3
@@ -44,8 +47,8 @@ class Q_net(RLBaseModel):
 
     def __init__(self):
         super().__init__()
-        self.dense1 = tf.keras.layers.Dense(256, activation="relu")
-        self.dense2 = tf.keras.layers.Dense(256, activation="relu")
+        self.dense1 = tf.keras.layers.Dense(HIDDEN, activation="relu")
+        self.dense2 = tf.keras.layers.Dense(HIDDEN, activation="relu")
         self.q = tf.keras.layers.Dense(1)
         self.learning_rate = 1e-3
         self.input_name = ("obs", "action")
@@ -84,9 +87,13 @@ def main(argv=None):
     parser.add_argument("--name", default="pendulum_sac", help="run name under runs/ (default pendulum_sac)")
     parser.add_argument("--learning-starts", type=int, default=1000,
                         help="transitions collected before the first update (default 1000)")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden layer width (default 256)")
+    parser.add_argument("--run-root", default="runs", help="directory that holds runs (default runs)")
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow threads for training (default: TensorFlow's choice)")
     args = parser.parse_args(argv)
+    global HIDDEN
+    HIDDEN = args.hidden
 
     sac_parameter = SAC2_parameter(
         total_steps=args.steps,
@@ -108,6 +115,7 @@ def main(argv=None):
         algo=SAC2,
         algo_hyperparameter=sac_parameter,
         name=args.name,
+        run_root=args.run_root,
         optimizer_threads=args.threads,
     )
     result = starter.run()

@@ -161,7 +161,7 @@ class WorkerRole:
         if got is not None:
             version, updates, stop, flat = got
             if version > self.state.weights.version:
-                self.state.weights.publish_flat(flat)
+                self.state.weights.publish_flat(flat, version)
             self.state.control[UPDATES] = updates
             if stop:
                 self.state.control[STOP] = 1

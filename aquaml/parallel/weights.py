@@ -42,13 +42,17 @@ class WeightStore:
         self.publish_flat(flat)
         return self.version
 
-    def publish_flat(self, flat: np.ndarray) -> None:
-        """Write an already-flat vector (as received from another node) as the next version."""
+    def publish_flat(self, flat: np.ndarray, version: int | None = None) -> None:
+        """Write an already-flat vector as ``version`` (default: the next one).
+
+        A node leader passes the optimizer's version, so a version names the same weights on
+        every node.
+        """
         self._header[0] += 1  # odd: writing
         self.store.fence()
         self._flat[:] = flat
         self.store.fence()
-        self._header[1] += 1
+        self._header[1] = self.version + 1 if version is None else version
         self._header[0] += 1  # even: stable
         self.store.fence()
 
