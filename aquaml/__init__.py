@@ -15,7 +15,8 @@ from aquaml.data import DataInfo, SpecError  # noqa: E402
 from aquaml.env import GymnasiumEnv, RLBaseEnv  # noqa: E402
 from aquaml.model import ModelContractError, RLBaseModel  # noqa: E402
 from aquaml.algos import SAC, SAC2, SAC2_parameter, SACParameters  # noqa: E402
+from aquaml.parallel.devices import allocate_gpu  # noqa: E402
 from aquaml.starter import RLTaskStarter  # noqa: E402
 
 __all__ = ["DataInfo", "SpecError", "RLBaseEnv", "GymnasiumEnv", "RLBaseModel", "ModelContractError",
-           "RLTaskStarter", "SAC", "SAC2", "SACParameters", "SAC2_parameter", "__version__"]
+           "RLTaskStarter", "allocate_gpu", "SAC", "SAC2", "SACParameters", "SAC2_parameter", "__version__"]

@@ -112,3 +112,35 @@ def test_tutorial1_learns_under_three_ranks(tmp_path):
     assert os.path.isfile(os.path.join(tmp_path, "mpi", "models", "actor.weights.h5"))
     config = open(os.path.join(tmp_path, "mpi", "config.json")).read()
     assert '"ranks": 3' in config
+
+
+def test_two_tasks_share_one_launch_through_sub_communicators(tmp_path):
+    proc, _ = mpirun(4, [os.path.join(SCRIPTS, "two_tasks.py"), str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(re.findall(r"task (\d) world rank (\d) finished 2 ranks", proc.stdout)) == [("0", "0"), ("1", "1")]
+    for task, steps in ((0, "300"), (1, "400")):
+        with open(os.path.join(tmp_path, f"task{task}", "progress.csv")) as f:
+            assert f.read().splitlines()[-1].split(",")[0] == steps
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_signal_stops_every_rank_cleanly_and_keeps_the_weights(signal_name, tmp_path):
+    import signal
+    proc = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, os.path.join(SCRIPTS, "run_task.py"),
+                             "--env-sleep", "0.005", "--steps", "100000", "--eval-interval", "0",
+                             "--run-root", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mpi_env(), cwd=ROOT)
+    started = 0
+    for line in proc.stdout:
+        started += bool(re.match(r"rank \d \w+ pid \d+ started", line))
+        if started == 3:
+            break
+    time.sleep(3)
+    proc.send_signal(getattr(signal, signal_name))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert len(re.findall(r"rank \d \w+ cpu_fraction", out)) == 3
+    models = os.path.join(tmp_path, "task", "models")
+    assert sorted(os.listdir(models)) == ["actor.weights.h5", "qf1.weights.h5", "qf2.weights.h5", "sac_state.npz"]
+    with open(os.path.join(tmp_path, "task", "progress.csv")) as f:
+        assert 0 < int(f.read().splitlines()[-1].split(",")[0]) < 100_000

@@ -87,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--name", default="pendulum_sac", help="run name under runs/ (default pendulum_sac)")
     parser.add_argument("--learning-starts", type=int, default=1000,
                         help="transitions collected before the first update (default 1000)")
+    parser.add_argument("--eval-interval", type=int, default=2000,
+                        help="environment steps between evaluations (default 2000)")
     parser.add_argument("--hidden", type=int, default=256, help="hidden layer width (default 256)")
     parser.add_argument("--run-root", default="runs", help="directory that holds runs (default runs)")
     parser.add_argument("--threads", type=int, default=None,
@@ -104,7 +106,7 @@ def main(argv=None):
         alpha_learning_rate=1e-3,
         buffer_size=100_000,
         mini_buffer_size=args.learning_starts,
-        eval_interval=2000,
+        eval_interval=args.eval_interval,
         calculate_episodes=10,
         seed=args.seed,
     )

@@ -32,3 +32,28 @@ def limit_tf_threads(intra_op: int | None, inter_op: int | None = 1) -> bool:
                       "TensorFlow operation", stacklevel=3)
         return False
     return True
+
+
+def allocate_gpu(comm=None, optimizer_rank: int = 0) -> list:
+    """Give the optimizer rank the GPUs (with memory growth) and hide every GPU from other ranks.
+
+    Call it at the top of the script, before any TensorFlow operation, as the reference AquaML's
+    ``allocate_gpu(comm)``. Returns the GPUs this rank may use (empty on workers and on machines
+    without a GPU).
+
+    Raises:
+        RuntimeError: TensorFlow already initialised its devices.
+    """
+    import tensorflow as tf
+    rank = 0 if comm is None else comm.Get_rank()
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        if rank != optimizer_rank:
+            tf.config.set_visible_devices([], "GPU")
+            return []
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as err:
+        raise RuntimeError("allocate_gpu(comm) must run before any TensorFlow operation; call it at the top "
+                           f"of the script ({err})") from None
+    return gpus
