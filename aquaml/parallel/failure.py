@@ -27,14 +27,12 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
-        self.signal_name = ""
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 #: Seconds slept between polls while waiting: short enough for sub-millisecond hand-offs to cost
 #: little, long enough that a waiting rank uses well under 1% of a core.
@@ -30,19 +30,10 @@ def mpi() -> Any:
     return MPI
 
 
-def sleep_until(done: Callable[[], bool], timeout: float | None = None) -> bool:
-    """Poll ``done`` with short sleeps; return True once it holds, False after ``timeout`` seconds."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while not done():
-        if deadline is not None and time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_SECONDS)
-    return True
-
-
 def sleepy_wait(request: Any) -> None:
     """Complete a non-blocking MPI request without spinning."""
-    sleep_until(request.Test)
+    while not request.Test():
+        time.sleep(POLL_SECONDS)
 
 
 def sleepy_barrier(comm: Any) -> None:

@@ -63,6 +63,7 @@ class OptimizerRole:
         self.updates = 0
         self._episodes_read = np.zeros(topo.num_workers, np.int64)
         remote = topo.remote_workers()
+        self._num_remote = len(remote)
         self.local_workers = [r - 1 for r in range(1, topo.size) if r not in remote]
         self.receiver = TransitionReceiver(topo.comm, state.buffer.info, state.buffer, self._remote_episodes) \
             if remote else None
@@ -78,14 +79,14 @@ class OptimizerRole:
                 self.progress.add_episodes(_episode_stats(columns))
 
     def publish(self, force: bool = False) -> None:
-        version = self.state.weights.publish(self.s.algo.actor_weights())
+        flat = self.state.weights.flatten(self.s.algo.actor_weights())
+        self.state.weights.publish_flat(flat)
         if self.weight_sender is not None:
-            flat = self.state.weights.read_flat(version - 1)[1]
-            self.weight_sender.send(flat, version, self.updates, stop=False, force=force)
+            self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=False, force=force)
 
     def _all_done(self) -> bool:
         local = all(self.state.control[DONE + w] for w in self.local_workers)
-        return local and (self.receiver is None or len(self.receiver.done) == len(self.topo.remote_workers()))
+        return local and (self.receiver is None or len(self.receiver.done) == self._num_remote)
 
     def run(self) -> dict[str, float]:
         p, buffer, control = self.p, self.state.buffer, self.state.control

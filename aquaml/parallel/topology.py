@@ -22,8 +22,7 @@ class Topology:
     Attributes:
         comm: the task communicator (rank 0 is the optimizer).
         node_comm: the ranks sharing memory with this one (a pseudo-node under the test setting).
-        node_leaders: task ranks of each node's lowest rank, indexed by node number.
-        node_of: the node number of every task rank.
+        node_of: the node number of every task rank (node 0 holds the optimizer).
     """
     comm: Any
     node_comm: Any

@@ -34,12 +34,20 @@ class WeightStore:
         """Number of completed publications (0: nothing published yet)."""
         return int(self._header[1])
 
-    def publish(self, weights: Sequence[np.ndarray]) -> int:
-        """Write ``weights`` as the next version and return that version."""
+    def flatten(self, weights: Sequence[np.ndarray]) -> np.ndarray:
+        """One float32 vector of ``weights`` in this store's layout.
+
+        Raises:
+            ValueError: the weights hold a different number of values than the store.
+        """
         flat = np.concatenate([np.asarray(w, np.float32).ravel() for w in weights])
         if flat.size != self._flat.size:
             raise ValueError(f"WeightStore holds {self._flat.size} values, got {flat.size}")
-        self.publish_flat(flat)
+        return flat
+
+    def publish(self, weights: Sequence[np.ndarray]) -> int:
+        """Write ``weights`` as the next version and return that version."""
+        self.publish_flat(self.flatten(weights))
         return self.version
 
     def publish_flat(self, flat: np.ndarray, version: int | None = None) -> None:
