@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 import traceback
 from typing import Any
+
+#: Seconds between printing a rank's traceback and aborting the job.
+ABORT_GRACE_SECONDS = 1.0
 
 
 def report_and_abort(comm: Any, role: str, exc: BaseException) -> None:
@@ -12,6 +16,9 @@ def report_and_abort(comm: Any, role: str, exc: BaseException) -> None:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     sys.stderr.write(f"rank {comm.Get_rank()} ({role}): {text}")
     sys.stderr.flush()
+    # The launcher forwards our stderr through a pipe; aborting at once can kill the job before the
+    # report is forwarded (seen with MPICH's hydra), so give it a moment first.
+    time.sleep(ABORT_GRACE_SECONDS)
     comm.Abort(1)
 
 
