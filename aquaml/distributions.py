@@ -35,3 +35,20 @@ def squashed_gaussian_sample(mean: tf.Tensor, log_std: tf.Tensor, noise: tf.Tens
     pre_tanh = mean + tf.exp(log_std) * noise
     log_prob = gaussian_log_prob(pre_tanh, mean, log_std) - tanh_log_det_jacobian(pre_tanh)
     return tf.tanh(pre_tanh), log_prob
+
+
+def gaussian_entropy(log_std: tf.Tensor) -> tf.Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last axis: ``sum(log_std + 0.5 * log(2 pi e))``."""
+    return tf.reduce_sum(log_std + 0.5 + _HALF_LOG_2PI, axis=-1)
+
+
+def categorical_log_prob(index: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """``log softmax(logits)[index]`` for integer ``index`` of shape ``(batch,)``."""
+    log_p = tf.nn.log_softmax(logits, axis=-1)
+    return tf.gather(log_p, tf.cast(index, tf.int32), axis=-1, batch_dims=1)
+
+
+def categorical_entropy(logits: tf.Tensor) -> tf.Tensor:
+    """``-sum p log p`` over the last axis."""
+    log_p = tf.nn.log_softmax(logits, axis=-1)
+    return -tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)

@@ -98,16 +98,27 @@ def _input_names(key: str, model: keras.Model, available: DataInfo, critic: bool
     return names
 
 
-def _output_names(key: str, model: keras.Model, action_shape: tuple[int, ...] | None) -> tuple[str, ...]:
+def actor_action_shape(action_info: DataInfo) -> tuple[int, ...]:
+    """What the actor's ``action`` output holds per sample: the action itself, or for a discrete
+    action of ``n`` choices the ``n`` logits of a Categorical."""
+    meta = action_info.meta("action")
+    if action_info.dtype("action").kind in "iu" and "n" in meta:
+        return (int(meta["n"]),)
+    return tuple(action_info.shape("action"))
+
+
+def _output_names(key: str, model: keras.Model, action_info: DataInfo | None) -> tuple[str, ...]:
     info = getattr(model, "output_info", None)
     if not isinstance(info, Mapping) or "action" not in info:
         raise ModelContractError(f"{key}.output_info must be a dict that includes 'action', e.g. "
                                  f"{{'action': (1,), 'log_std': (1,)}}; got {info!r}")
     declared = tuple(int(d) for d in np.atleast_1d(info["action"]))
-    if action_shape is not None and declared != tuple(action_shape):
-        raise ModelContractError(f"{key}.output_info['action'] is {declared} but the environment's action "
-                                 f"has shape {tuple(action_shape)}; set output_info['action'] = "
-                                 f"{tuple(action_shape)}")
+    if action_info is not None and declared != actor_action_shape(action_info):
+        want = actor_action_shape(action_info)
+        what = (f"a discrete action of {want[0]} choices (the actor outputs its logits)"
+                if want != tuple(action_info.shape("action")) else f"an action of shape {want}")
+        raise ModelContractError(f"{key}.output_info['action'] is {declared} but the environment has {what}; "
+                                 f"set output_info['action'] = {want}")
     return tuple(info)
 
 
@@ -155,7 +166,8 @@ def _instantiate(key: str, factory: Any) -> keras.Model:
 
 
 def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], required: tuple[str, ...],
-                 obs_info: DataInfo, action_info: DataInfo | None) -> tuple[dict[str, ModelSpec], DataInfo]:
+                 obs_info: DataInfo, action_info: DataInfo | None, optional: tuple[str, ...] = (),
+                 critics_take_action: bool = True) -> tuple[dict[str, ModelSpec], DataInfo]:
     """Instantiate and check every model; return them by key, with the action spec.
 
     Args:
@@ -164,6 +176,10 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
         obs_info: the observation spec the models read from.
         action_info: the spec of ``action``; None takes the shape from the actor's
             ``output_info['action']`` (float32), for environments that declare no action spec.
+        optional: keys the algorithm also accepts (PPO's ``'critic'``, absent when the actor
+            outputs ``'value'`` itself).
+        critics_take_action: critics score (observation, action) pairs (SAC's Q) rather than
+            observations alone (PPO's V).
 
     Raises:
         ModelContractError: a key is missing or unknown, or a model breaks its contract.
@@ -172,22 +188,24 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
         raise ModelContractError(f"model_class_dict must be a dict like {{'actor': Actor, ...}} with keys "
                                  f"{required}, got {type(model_class_dict).__name__}")
     missing = [k for k in required if k not in model_class_dict]
-    extra = [k for k in model_class_dict if k not in required]
+    extra = [k for k in model_class_dict if k not in required + optional]
     if missing or extra:
-        raise ModelContractError(f"model_class_dict needs exactly the keys {required}; "
+        also = f" (and optionally {optional})" if optional else ""
+        raise ModelContractError(f"model_class_dict needs the keys {required}{also}; "
                                  f"missing {missing}, unexpected {extra}")
     actor = _instantiate("actor", model_class_dict["actor"])
-    output_names = _output_names("actor", actor, None if action_info is None else action_info.shape("action"))
+    output_names = _output_names("actor", actor, action_info)
     if action_info is None:
         action_info = DataInfo("action", tuple(np.atleast_1d(actor.output_info["action"])), np.float32)
     critic_view = obs_info.merge(action_info)
     sample = critic_view.zeros((2,))
     specs = {}
-    for key in required:
+    for key in required + tuple(k for k in optional if k in model_class_dict):
         critic = key != "actor"
         model = _instantiate(key, model_class_dict[key]) if critic else actor
+        q_critic = critic and critics_take_action
         spec = ModelSpec(key=key, model=model, factory=model_class_dict[key],
-                         input_names=_input_names(key, model, critic_view if critic else obs_info, critic),
+                         input_names=_input_names(key, model, critic_view if q_critic else obs_info, q_critic),
                          output_names=() if critic else output_names,
                          learning_rate=float(model.learning_rate),
                          optimizer=_make_optimizer(key, model, float(model.learning_rate)))

@@ -11,6 +11,11 @@ from aquaml.logger import RunLogger
 from aquaml.worker import evaluate
 
 
+#: Console lines come at most this often (short on-policy rounds would otherwise flood it);
+#: every epoch still gets its progress.csv row, and evaluations are always shown.
+MIN_DISPLAY_SECONDS = 2.0
+
+
 class Progress:
     """Epoch bookkeeping shared by every schedule: evaluation when due, one logged row per epoch.
 
@@ -26,6 +31,7 @@ class Progress:
         self._metric_sum = np.zeros(len(starter.algo.metric_names))
         self._metric_count = 0
         self._epoch_start = (time.perf_counter(), 0, 0)
+        self._last_display = -math.inf
 
     def add_episodes(self, episodes: list) -> None:
         self._episodes += episodes
@@ -58,8 +64,10 @@ class Progress:
         row.update(evaluation or {k: float("nan") for k in EVAL_KEYS})
         self.logger.write(steps, row)
         epoch = steps // self.p.epoch_length
-        if self.s.verbose and display and (epoch % self.p.display_interval == 0 or steps >= self.p.total_steps):
+        due = epoch % self.p.display_interval == 0 and now - self._last_display >= MIN_DISPLAY_SECONDS
+        if self.s.verbose and display and (due or evaluation or steps >= self.p.total_steps):
             self.logger.display(steps, row)
+            self._last_display = now
         self._episodes, self._metric_count = [], 0
         self._metric_sum[:] = 0
         self._epoch_start = (time.perf_counter(), steps, updates)

@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.algos.sac import SAC
-from aquaml.buffers import ReplayBuffer
 from aquaml.data import DataInfo
 from aquaml.env import GymnasiumEnv, RLBaseEnv
 from aquaml.logger import RunLogger
@@ -75,8 +74,9 @@ class RLTaskStarter:
         env: an RLBaseEnv (copied for evaluation and extra environment copies), a gymnasium id
             such as ``'Pendulum-v1'``, a gymnasium.Env, or a zero-argument factory.
         model_class_dict: model classes by role, e.g. ``{'actor': Actor, 'qf1': Q, 'qf2': Q}``.
-        algo: the algorithm class (``SAC``, or the reference's alias ``SAC2``).
-        algo_hyperparameter: the algorithm's parameters (``SACParameters``); None uses defaults.
+        algo: the algorithm class: ``SAC`` (or the reference's alias ``SAC2``) or ``PPO``.
+        algo_hyperparameter: the algorithm's parameters (``SACParameters`` or ``PPOParameters``);
+            None uses defaults.
         mpi_comm: the task's communicator; None means COMM_WORLD when the process was started as
             more than one rank, else one process. Rank 0 optimizes, every other rank is a worker.
         name: the run's name; its files go to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix
@@ -99,7 +99,7 @@ class RLTaskStarter:
                  verbose: bool = True, tensorboard: bool = True) -> None:
         algo = SAC if algo is None else algo
         if not (isinstance(algo, type) and hasattr(algo, "required_models")):
-            raise TypeError(f"algo must be an aquaml algorithm class such as SAC, got {algo!r}")
+            raise TypeError(f"algo must be an aquaml algorithm class such as SAC or PPO, got {algo!r}")
         params = algo.parameters_class() if algo_hyperparameter is None else algo_hyperparameter
         if not isinstance(params, algo.parameters_class):
             raise TypeError(f"algo_hyperparameter must be a {algo.parameters_class.__name__} for {algo.name}, "
@@ -128,10 +128,11 @@ class RLTaskStarter:
             algo.check_action_info(self.envs[0].action_info)
         keras.utils.set_random_seed(params.seed)
         models, self.action_info = build_models(model_class_dict, algo.required_models, self.obs_info,
-                                                self.envs[0].action_info)
+                                                self.envs[0].action_info, algo.optional_models,
+                                                algo.critics_take_action)
         self.algo = algo(models, self.obs_info, self.action_info, params)
         if self.topology is None:  # under MPI the buffer lives in shared memory, made in run()
-            self.buffer = ReplayBuffer(self.algo.batch_info, params.buffer_size)
+            self.buffer = self.algo.make_buffer()
             self.worker = Worker(self.envs, self.obs_info, self.action_info, self.algo.act, self.buffer,
                                  seed=params.seed)
         self.name = name or f"{algo.name.lower()}_{type(self.envs[0]).__name__}"
@@ -162,7 +163,8 @@ class RLTaskStarter:
         logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
         models_dir = self.models_dir
         try:
-            final = _TrainingLoop(self, logger).run()
+            loop = _TrainingLoop if self.algo.schedule == "async" else _RolloutLoop
+            final = loop(self, logger).run()
         except KeyboardInterrupt:
             # Ctrl-C keeps what was learned: the weights as they are now, then the usual exit.
             self.algo.save(models_dir)
@@ -242,3 +244,21 @@ class _TrainingLoop:
             self.updates += 1
         return actions
 
+
+
+class _RolloutLoop:
+    """One process, on-policy: fill the rollout segment, train on it, repeat."""
+
+    def __init__(self, starter: RLTaskStarter, logger: RunLogger) -> None:
+        self.s, self.p = starter, starter.params
+        self.progress = Progress(starter, logger)
+
+    def run(self) -> dict[str, float]:
+        p, worker, algo = self.p, self.s.worker, self.s.algo
+        rounds = p.rounds(1)
+        for k in range(rounds):
+            for _ in range(p.rollout_steps):
+                self.progress.add_episodes(worker.step())
+            self.progress.add_metrics(algo.train(self.s.buffer.segments()))
+            self.progress.advance(worker.steps, k + 1, finished=k + 1 == rounds)
+        return self.progress.final

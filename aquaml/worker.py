@@ -123,8 +123,9 @@ class Worker:
                 finished.append(EpisodeStats(sums, int(self._lengths[i]), result.terminated))
                 self._returns[i], self._lengths[i] = {}, 0
                 reset_obs[i] = reset_env(env, self.obs_info, None)
-        columns = {**self.obs, **{"next_" + k: v for k, v in next_obs.items()},
-                   "action": out["action"], "reward": reward, "terminated": terminated, "truncated": truncated}
+        # the policy's outputs (action, and e.g. PPO's sample and log_prob): the buffer keeps its columns
+        columns = {**out, **self.obs, **{"next_" + k: v for k, v in next_obs.items()},
+                   "reward": reward, "terminated": terminated, "truncated": truncated}
         self.buffer.write_batch(self.slice_index, columns)
         for i, obs in reset_obs.items():
             for name in self.obs_info.names:

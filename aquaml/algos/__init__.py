@@ -1,5 +1,6 @@
-"""Algorithms (no MPI in here): SAC and its parameters."""
-from aquaml.algos.params import SAC2_parameter, SACParameters
+"""Algorithms (no MPI in here): SAC, PPO and their parameters."""
+from aquaml.algos.params import PPO_parameter, PPOParameters, SAC2_parameter, SACParameters
+from aquaml.algos.ppo import PPO
 from aquaml.algos.sac import SAC, SAC2
 
-__all__ = ["SAC", "SAC2", "SACParameters", "SAC2_parameter"]
+__all__ = ["SAC", "SAC2", "SACParameters", "SAC2_parameter", "PPO", "PPOParameters", "PPO_parameter"]

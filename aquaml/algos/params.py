@@ -165,3 +165,129 @@ class SACParameters:
 
 #: The reference AquaML's name for SACParameters.
 SAC2_parameter = SACParameters
+
+
+def _check_ints(params: Any, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    for name in positive:
+        value = getattr(params, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, "a positive int", value)
+    for name in non_negative:
+        value = getattr(params, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, "an int >= 0", value)
+
+
+def _ppo_derived(kw: dict) -> dict:
+    # The reference counts training in epochs of epoch_length (= rollout_steps) steps each.
+    n_epochs = kw.pop("n_epochs", None)
+    if n_epochs is not None:
+        _check(isinstance(n_epochs, int) and n_epochs > 0, "n_epochs", "a positive int", n_epochs)
+        if "total_steps" in kw:
+            raise TypeError("PPOParameters: give total_steps or n_epochs (times epoch_length), not both")
+        kw["total_steps"] = n_epochs * kw.get("rollout_steps", PPOParameters.rollout_steps)
+    return kw
+
+
+@with_aliases({"epoch_length": "rollout_steps", "update_times": "update_epochs", "lambada": "gae_lambda",
+               "epsilon": "clip_range", "entropy_coeff": "ent_coef", "discount": "gamma",
+               "batch_advantage_normalization": "normalize_advantage", "n_epochs": "*"}, _ppo_derived)
+@dataclasses.dataclass(frozen=True)
+class PPOParameters:
+    """Proximal Policy Optimization hyperparameters.
+
+    Reference names: ``epoch_length`` = ``rollout_steps``, ``n_epochs`` sets ``total_steps`` to
+    ``n_epochs * rollout_steps``, ``update_times`` = ``update_epochs``, ``lambada`` = ``gae_lambda``,
+    ``epsilon`` = ``clip_range``, ``entropy_coeff`` = ``ent_coef``, ``batch_advantage_normalization``
+    = ``normalize_advantage``; ``update_actor_times``/``update_critic_times`` keep their names.
+    """
+
+    total_steps: int = 100_000
+    """Environment steps to train for, summed over all workers and environments."""
+    rollout_steps: int = 2_048
+    """Steps each environment copy takes per rollout segment (one training round per segment)."""
+    envs_per_worker: int = 1
+    """Environment copies stepped together by each worker (one batched actor call for all)."""
+    batch_size: int = 64
+    """Samples per minibatch."""
+    update_epochs: int = 10
+    """Passes over the rollout per training round, each over freshly shuffled minibatches."""
+    update_actor_times: int = 1
+    """Actor gradient steps per minibatch."""
+    update_critic_times: int = 1
+    """Critic gradient steps per minibatch."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE's lambda: 0 is one-step TD, 1 is Monte Carlo (bootstrapped at segment ends and truncations)."""
+    clip_range: float = 0.2
+    """Clip of the probability ratio in the surrogate objective."""
+    clip_range_vf: float | None = None
+    """Clip of the value change around the rollout's values in the value loss; None: unclipped."""
+    ent_coef: float = 0.0
+    """Weight of the entropy bonus."""
+    vf_coef: float = 0.5
+    """Weight of the value loss when actor and critic share one model and optimizer."""
+    max_grad_norm: float | None = 0.5
+    """Global gradient-norm clip per optimizer step; None disables it."""
+    normalize_advantage: bool = True
+    """Normalise advantages to zero mean, unit std within each minibatch."""
+    target_kl: float | None = None
+    """Stop a training round early once a minibatch's approximate KL exceeds 1.5 x this; None: never."""
+    normalize_obs: bool = False
+    """Normalise float observations by running mean/std merged from every worker's rollouts."""
+    obs_clip: float = 10.0
+    """Clip of normalised observations."""
+    reward_scale: float = 1.0
+    """Factor on rewards before GAE (the value function then learns scaled returns)."""
+    anneal_lr: bool = False
+    """Decay every model's learning rate linearly to 0 over the training rounds."""
+    init_log_std: float = 0.0
+    """Start value of the learned state-independent log_std (continuous actions, no log_std output)."""
+    log_std_min: float = -20.0
+    """Lower clip of the policy's log standard deviation."""
+    log_std_max: float = 2.0
+    """Upper clip of the policy's log standard deviation."""
+    eval_interval: int = 10_000
+    """Environment steps between deterministic evaluations (0 disables them)."""
+    calculate_episodes: int = 5
+    """Episodes per evaluation."""
+    display_interval: int = 1
+    """Training rounds between progress lines on the console."""
+    seed: int = 0
+    """Seed of every random stream (environments, initial weights, shuffling, sampling)."""
+
+    def __post_init__(self) -> None:
+        _check_ints(self, ("total_steps", "rollout_steps", "envs_per_worker", "batch_size", "update_epochs",
+                           "update_actor_times", "update_critic_times", "calculate_episodes", "display_interval"),
+                    ("eval_interval", "seed"))
+        _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
+        _check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "in [0, 1]", self.gae_lambda)
+        _check(self.clip_range > 0, "clip_range", "> 0", self.clip_range)
+        _check(self.clip_range_vf is None or self.clip_range_vf > 0, "clip_range_vf", "None or > 0",
+               self.clip_range_vf)
+        _check(self.ent_coef >= 0, "ent_coef", ">= 0", self.ent_coef)
+        _check(self.vf_coef > 0, "vf_coef", "> 0", self.vf_coef)
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "None or > 0",
+               self.max_grad_norm)
+        _check(self.target_kl is None or self.target_kl > 0, "target_kl", "None or > 0", self.target_kl)
+        _check(self.obs_clip > 0, "obs_clip", "> 0", self.obs_clip)
+        _check(self.reward_scale > 0 and math.isfinite(self.reward_scale), "reward_scale",
+               "a finite number > 0", self.reward_scale)
+        _check(self.log_std_min < self.log_std_max, "log_std_min",
+               f"below log_std_max={self.log_std_max}", self.log_std_min)
+
+    @property
+    def epoch_length(self) -> int:
+        """Steps per logged row: one rollout segment of one worker's environments."""
+        return self.rollout_steps * self.envs_per_worker
+
+    def rounds(self, workers: int) -> int:
+        """Training rounds: whole segments from each of ``workers`` until ``total_steps`` is reached
+        (the last round may overshoot it by less than one round)."""
+        return math.ceil(self.total_steps / (self.rollout_steps * self.envs_per_worker * workers))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: The reference AquaML's name for PPOParameters.
+PPO_parameter = PPOParameters

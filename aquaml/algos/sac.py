@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.algos.params import SACParameters
+from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
 from aquaml.model import ModelSpec
@@ -41,6 +42,9 @@ class SAC:
     name = "SAC"
     parameters_class = SACParameters
     required_models = ("actor", "qf1", "qf2")
+    optional_models: tuple[str, ...] = ()
+    critics_take_action = True
+    schedule = "async"
     metric_names = ("losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha",
                     "losses/entropy", "losses/qf_values")
 
@@ -96,6 +100,10 @@ class SAC:
             raise SpecError("SAC needs a continuous (Box) action; this environment's action is "
                             f"{action_info.dtype('action').name} of shape {action_info.shape('action')}. "
                             "Use PPO for discrete actions.")
+
+    def make_buffer(self, num_slices: int = 1, store: Any = None) -> ReplayBuffer:
+        """The replay memory, one slice per worker, ``buffer_size`` transitions in all."""
+        return ReplayBuffer(self.batch_info, self.params.buffer_size, num_slices, store)
 
     # --- losses, as in the paper ---------------------------------------------------------------
     @property

@@ -1,13 +1,18 @@
-"""The asynchronous off-policy schedule over MPI: one optimizer rank, worker ranks around it.
+"""The schedules over MPI: one optimizer rank, worker ranks around it.
 
-Workers step environments and write transitions into their slice of the node's shared replay
-buffer (or ship them to the optimizer from other nodes); the optimizer samples everything written,
-trains, and publishes actor weights. ``replay_ratio`` holds both ways: the optimizer waits while
-fewer than ``replay_ratio`` updates per environment step are due, and a worker pauses when it runs
-more than ``max_worker_lead`` steps ahead of what the updates so far allow. Every wait sleeps.
+Workers step environments and write transitions into their slice of the node's shared buffer (or
+ship them to the optimizer from other nodes); the optimizer trains and publishes actor weights.
 
-Nothing here knows which algorithm it runs: it calls ``update``, ``act``, ``actor_weights`` and
-``set_actor_weights`` on it.
+- ``async`` (off-policy, SAC): the optimizer samples everything written so far. ``replay_ratio``
+  holds both ways: the optimizer waits while fewer than ``replay_ratio`` updates per environment
+  step are due, and a worker pauses when it runs more than ``max_worker_lead`` steps ahead of what
+  the updates so far allow.
+- ``sync`` (on-policy, PPO): round ``k`` of a worker fills its segment with weights version
+  ``k + 1``; the optimizer waits for every segment, trains once, and publishes version ``k + 2``.
+  Weight versions and segment counters are the whole protocol.
+
+Every wait sleeps. Nothing here knows which algorithm it runs: it calls ``update`` or ``train``,
+``act``, ``actor_weights`` and ``set_actor_weights`` on it, and reads its ``schedule``.
 """
 from __future__ import annotations
 
@@ -41,13 +46,13 @@ class NodeState:
     """What the ranks of one node share: control block and weight store; on the optimizer's node
     also the replay buffer (a slice per worker) and per-worker rings of finished episodes."""
 
-    def __init__(self, topo: Topology, batch_info, weight_shapes, buffer_size: int) -> None:
+    def __init__(self, topo: Topology, algo: Any, weight_shapes) -> None:
         self.store = SharedArrayStore(topo.node_comm)
         self.control = self.store.allocate({"control": ((DONE + topo.num_workers,), np.dtype(np.int64))})["control"]
         self.weights = WeightStore(weight_shapes, self.store)
         self.buffer = self.episodes = None
         if topo.on_optimizer_node:
-            self.buffer = ReplayBuffer(batch_info, buffer_size, topo.num_workers, self.store)
+            self.buffer = algo.make_buffer(topo.num_workers, self.store)
             self.episodes = ReplayBuffer(EPISODE_INFO, EPISODE_RING * topo.num_workers, topo.num_workers, self.store)
 
     def close(self) -> None:
@@ -88,14 +93,43 @@ class OptimizerRole:
         local = all(self.state.control[DONE + w] for w in self.local_workers)
         return local and (self.receiver is None or len(self.receiver.done) == self._num_remote)
 
+    def _poll(self) -> None:
+        if self.receiver is not None:
+            self.receiver.poll()
+        self._drain_local_episodes()
+
     def run(self) -> dict[str, float]:
+        return self._run_sync() if self.s.algo.schedule == "sync" else self._run_async()
+
+    def _run_sync(self) -> dict[str, float]:
+        p, buffer = self.p, self.state.buffer
+        rounds = p.rounds(self.topo.num_workers)
+        per_round = p.rollout_steps * p.envs_per_worker * self.topo.num_workers
+        self.publish(force=True)
+        steps = 0
+        for k in range(rounds):
+            while not buffer.complete(k + 1) and not self.stop.requested:
+                self._poll()
+                time.sleep(POLL_SECONDS)
+            if self.stop.requested:
+                break
+            self._poll()
+            self.progress.add_metrics(self.s.algo.train(buffer.segments()))
+            self.updates = k + 1
+            self.state.control[UPDATES] = self.updates
+            steps = (k + 1) * per_round
+            if k + 1 < rounds:
+                self.publish(force=True)  # every version must reach every node: workers wait for it
+                self.progress.advance(steps, self.updates)
+        self.progress.advance(steps, self.updates, finished=True)
+        return self.progress.final
+
+    def _run_async(self) -> dict[str, float]:
         p, buffer, control = self.p, self.state.buffer, self.state.control
         self.publish(force=True)
         total = 0
         while not self.stop.requested:
-            if self.receiver is not None:
-                self.receiver.poll()
-            self._drain_local_episodes()
+            self._poll()
             total = int(buffer.counters.sum())
             due = int((total - p.learning_starts) * p.replay_ratio) - self.updates if total >= p.learning_starts else 0
             if due > 0:
@@ -140,8 +174,14 @@ class WorkerRole:
     def __init__(self, starter: Any, topo: Topology, state: NodeState, stop: StopRequest) -> None:
         self.s, self.p, self.topo, self.state, self.stop = starter, starter.params, topo, state, stop
         w = topo.worker_index
-        self.quota = share(self.p.total_steps, topo.num_workers, w)
-        self.warmup = share(self.p.warmup_steps, topo.num_workers, w)
+        self.sync = starter.algo.schedule == "sync"
+        if self.sync:
+            self.round_steps = self.p.rollout_steps * self.p.envs_per_worker
+            self.quota = self.p.rounds(topo.num_workers) * self.round_steps
+            self.warmup = 0
+        else:
+            self.quota = share(self.p.total_steps, topo.num_workers, w)
+            self.warmup = share(self.p.warmup_steps, topo.num_workers, w)
         self.sender = None if topo.on_optimizer_node else TransitionSender(topo.comm, starter.algo.batch_info)
         sink = state.buffer if self.sender is None else self.sender
         self.worker = Worker(starter.envs, starter.obs_info, starter.action_info, starter.algo.act, sink,
@@ -150,6 +190,8 @@ class WorkerRole:
         self.version = 0
 
     def _allowed_steps(self) -> int:
+        if self.sync:  # round k needs weights version k + 1 (so a version per finished round)
+            return self.version * self.round_steps
         updates = int(self.state.control[UPDATES])
         allowed_total = self.p.learning_starts + updates / self.p.replay_ratio
         return math.ceil(allowed_total / self.topo.num_workers) + self.p.max_worker_lead
@@ -181,12 +223,12 @@ class WorkerRole:
         while worker.steps < self.quota and not self._stopping():
             self._poll_leader_messages()
             random = worker.steps < self.warmup
+            self._load_weights()
             if not random and worker.steps >= self._allowed_steps():
                 if self.sender is not None:
                     self.sender.flush()
                 time.sleep(POLL_SECONDS)
                 continue
-            self._load_weights()
             if not random and self.version == 0:
                 time.sleep(POLL_SECONDS)  # the first weights are on their way
                 continue
@@ -214,8 +256,7 @@ class WorkerRole:
 def run_task(starter: Any, topo: Topology, progress_factory: Any) -> dict[str, float]:
     """Run one task on every rank of ``topo``; the optimizer returns its final evaluation."""
     stop = StopRequest()
-    state = NodeState(topo, starter.algo.batch_info, [w.shape for w in starter.algo.actor_weights()],
-                      starter.params.buffer_size)
+    state = NodeState(topo, starter.algo, [w.shape for w in starter.algo.actor_weights()])
     try:
         if topo.is_optimizer:
             role = OptimizerRole(starter, topo, state, progress_factory(), stop)

@@ -1,0 +1,381 @@
+"""Proximal Policy Optimization (Schulman et al., 2017) with GAE, for continuous and discrete actions.
+
+Reads top to bottom: GAE and the losses (public, so tests check them by hand), the policy, then a
+training round over one rollout. No MPI in here: the caller fills the rollout segments and
+publishes the weights this returns.
+
+Rollout layout (from ``rollout_info``): every observation name and the same names prefixed
+``next_`` (the observation *returned by* the step, also the true final one on truncation),
+``sample`` (the policy's draw: a Gaussian sample before clipping, or a category index),
+``log_prob`` (of ``sample`` under the policy that acted), ``reward``, ``terminated``, ``truncated``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aquaml.algos.params import PPOParameters
+from aquaml.buffers.rollout import RolloutBuffer
+from aquaml.data import DataInfo, SpecError
+from aquaml.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
+                                  gaussian_log_prob)
+from aquaml.model import ModelContractError, ModelSpec
+from aquaml.normalizer import RunningMeanStd
+from aquaml.storage import atomic_path
+
+
+def is_discrete(action_info: DataInfo) -> bool:
+    return action_info.dtype("action").kind in "iu" and "n" in action_info.meta("action")
+
+
+def rollout_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
+    """The columns stored for one step of a rollout."""
+    sample = DataInfo("sample", (), np.int64) if is_discrete(action_info) else \
+        DataInfo("sample", action_info.shape("action"), np.float32)
+    return (obs_info.merge(obs_info.prefixed("next_")).merge(sample)
+            .add_info(("log_prob", "reward", "terminated", "truncated"), ((), (), (), ()), np.float32))
+
+
+def compute_gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray, gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimates and returns along axis 0 (time) of one segment.
+
+    ``values[t]`` is V(o_t) and ``next_values[t]`` is V of the observation step t returned: the next
+    observation inside an episode, the true final observation on truncation, and the observation
+    after the segment's last step. So::
+
+        delta_t = r_t + gamma * (1 - terminated_t) * next_values[t] - values[t]
+        A_t     = delta_t + gamma * lam * (1 - done_t) * A_{t+1},   done = terminated or truncated
+
+    with ``A_T = 0``: a truncated step bootstraps from its final observation, a terminated one from
+    nothing, and the segment's end from the next observation; no estimate crosses an episode end.
+    Returns ``(advantages, returns = advantages + values)``.
+    """
+    advantages = np.zeros_like(values, dtype=np.float64)
+    not_terminated = 1.0 - np.asarray(terminated, np.float64)
+    continues = 1.0 - np.maximum(terminated, truncated).astype(np.float64)
+    last = np.zeros_like(values[0], dtype=np.float64)
+    for t in reversed(range(len(rewards))):
+        delta = rewards[t] + gamma * not_terminated[t] * next_values[t] - values[t]
+        last = delta + gamma * lam * continues[t] * last
+        advantages[t] = last
+    return advantages.astype(np.float32), (advantages + values).astype(np.float32)
+
+
+class PPO:
+    """PPO on an actor (``'actor'``) and a value critic (``'critic'``), or on one shared model.
+
+    The actor's ``action`` output is the mean of a diagonal Gaussian (continuous actions; its
+    ``log_std`` output is used when present, otherwise a learned state-independent ``log_std``) or
+    the logits of a Categorical (discrete actions). Without a ``'critic'`` model the actor must also
+    output ``'value'``; actor and critic then share one model and one optimizer, trained on
+    ``policy_loss - ent_coef * entropy + vf_coef * value_loss``. Continuous actions are clipped to
+    [-1, 1] (the environment's bounds after rescaling) for the environment only: the unclipped
+    sample is what the log-probability and the update see.
+    """
+
+    name = "PPO"
+    parameters_class = PPOParameters
+    required_models = ("actor",)
+    optional_models = ("critic",)
+    critics_take_action = False
+    schedule = "sync"
+    metric_names = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
+                    "losses/clip_fraction", "losses/explained_variance", "losses/epochs")
+
+    def __init__(self, models: Mapping[str, ModelSpec], obs_info: DataInfo, action_info: DataInfo,
+                 params: PPOParameters) -> None:
+        if not isinstance(params, PPOParameters):
+            raise TypeError(f"PPO needs PPOParameters, got {type(params).__name__}")
+        self.check_action_info(action_info)
+        self.params, self.models = params, dict(models)
+        self.actor, self.critic = models["actor"], models.get("critic")
+        self.shared = self.critic is None
+        if self.shared and "value" not in self.actor.output_names:
+            raise ModelContractError("PPO needs a value estimate: add a 'critic' model to model_class_dict "
+                                     "(input_name of observations, returning (batch, 1)), or make the actor "
+                                     "output 'value' too, e.g. output_info = {'action': ..., 'value': (1,)}")
+        self.obs_info, self.action_info = obs_info, action_info
+        self.discrete = is_discrete(action_info)
+        self.batch_info = rollout_info(obs_info, action_info)
+
+        self.actor_has_log_std = "log_std" in self.actor.output_names
+        self.log_std = None if (self.discrete or self.actor_has_log_std) else keras.Variable(
+            np.full(action_info.shape("action"), params.init_log_std, np.float32), name="log_std")
+
+        value_inputs = self.actor.input_names if self.shared else self.critic.input_names
+        self.value_inputs = tuple(value_inputs)
+        used = tuple(dict.fromkeys(self.actor.input_names + self.value_inputs))
+        self.norm_names = tuple(n for n in used if params.normalize_obs and obs_info.dtype(n).kind == "f")
+        self.obs_rms = {n: RunningMeanStd(obs_info.shape(n)) for n in self.norm_names}
+        self.norm_mean = {n: keras.Variable(np.zeros(obs_info.shape(n), np.float32), name=f"mean_{n}")
+                          for n in self.norm_names}
+        self.norm_var = {n: keras.Variable(np.ones(obs_info.shape(n), np.float32), name=f"var_{n}")
+                         for n in self.norm_names}
+
+        self.actor.optimizer.build(self._actor_variables())
+        if not self.shared:
+            self.critic.optimizer.build(self.critic.model.trainable_variables)
+        self.noise = tf.random.Generator.from_seed(params.seed + 7919)
+        self.rng = np.random.default_rng(params.seed + 1)
+        self.rounds_done = 0
+
+        act_sig = [obs_info.select(self.actor.input_names).tensor_specs()]
+        self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_sig)
+        self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_sig)
+        self._values = tf.function(self._value, input_signature=[obs_info.select(self.value_inputs).tensor_specs()])
+        self.minibatch_info = (obs_info.select(used).merge(self.batch_info.select(("sample", "log_prob")))
+                               .add_info(("advantage", "return", "value"), ((), (), ()), np.float32))
+        self._step = tf.function(self._train_step, input_signature=[self.minibatch_info.tensor_specs()])
+        self._concrete: dict[str, Any] = {}
+
+    @staticmethod
+    def check_action_info(action_info: DataInfo) -> None:
+        """Raise SpecError unless the action is continuous (float) or discrete (int with ``n`` choices)."""
+        kind = action_info.dtype("action").kind
+        if kind == "f" or (kind in "iu" and "n" in action_info.meta("action") and action_info.shape("action") == ()):
+            return
+        raise SpecError(f"PPO needs a continuous (Box) action or one Discrete choice; this environment's action "
+                        f"is {action_info.dtype('action').name} of shape {action_info.shape('action')} "
+                        f"with {action_info.meta('action') or 'no number of choices'}")
+
+    def make_buffer(self, num_slices: int = 1, store: Any = None) -> RolloutBuffer:
+        """One rollout segment per worker."""
+        return RolloutBuffer(self.batch_info, self.params.rollout_steps, self.params.envs_per_worker,
+                             num_slices, store)
+
+    # --- losses, as in the paper ---------------------------------------------------------------
+    @staticmethod
+    def policy_loss(log_prob: tf.Tensor, old_log_prob: tf.Tensor, advantage: tf.Tensor,
+                    clip_range: float) -> tuple[tf.Tensor, tf.Tensor]:
+        """``-mean(min(r * A, clip(r, 1 - eps, 1 + eps) * A))`` with ``r = exp(log_prob - old_log_prob)``;
+        also returns the fraction of samples whose ratio was clipped."""
+        ratio = tf.exp(log_prob - old_log_prob)
+        unclipped = ratio * advantage
+        clipped = tf.clip_by_value(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantage
+        clip_fraction = tf.reduce_mean(tf.cast(tf.abs(ratio - 1.0) > clip_range, tf.float32))
+        return -tf.reduce_mean(tf.minimum(unclipped, clipped)), clip_fraction
+
+    @staticmethod
+    def value_loss(value: tf.Tensor, old_value: tf.Tensor, returns: tf.Tensor, clip_range_vf: float | None) -> tf.Tensor:
+        """``mean((V - R)^2)``; with a clip, ``mean(max((V - R)^2, (V_clip - R)^2))`` where
+        ``V_clip = V_old + clip(V - V_old, -c, c)``."""
+        loss = tf.square(value - returns)
+        if clip_range_vf is not None:
+            clipped = old_value + tf.clip_by_value(value - old_value, -clip_range_vf, clip_range_vf)
+            loss = tf.maximum(loss, tf.square(clipped - returns))
+        return tf.reduce_mean(loss)
+
+    @staticmethod
+    def approx_kl(log_prob: tf.Tensor, old_log_prob: tf.Tensor) -> tf.Tensor:
+        """``mean((r - 1) - log r)``: a low-variance, non-negative estimate of KL(old || new)."""
+        log_ratio = log_prob - old_log_prob
+        return tf.reduce_mean(tf.exp(log_ratio) - 1.0 - log_ratio)
+
+    # --- policy --------------------------------------------------------------------------------
+    def _actor_variables(self) -> list:
+        return list(self.actor.model.trainable_variables) + ([] if self.log_std is None else [self.log_std])
+
+    def _normalize(self, obs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = dict(obs)
+        clip = self.params.obs_clip
+        for n in self.norm_names:
+            if n in out:
+                scaled = (out[n] - self.norm_mean[n]) * tf.math.rsqrt(self.norm_var[n] + 1e-8)
+                out[n] = tf.clip_by_value(scaled, -clip, clip)
+        return out
+
+    def _actor_outputs(self, obs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = self.actor.model(*self.actor.inputs(obs))
+        out = dict(zip(self.actor.output_names, out))
+        if not self.discrete:
+            mean = out["action"]
+            log_std = out["log_std"] if self.actor_has_log_std else tf.broadcast_to(self.log_std, tf.shape(mean))
+            out["log_std"] = tf.clip_by_value(log_std, self.params.log_std_min, self.params.log_std_max)
+        return out
+
+    def log_prob_entropy(self, out: Mapping[str, tf.Tensor], sample: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Log-probability of ``sample`` and the entropy, under the distribution ``out`` describes."""
+        if self.discrete:
+            return categorical_log_prob(sample, out["action"]), categorical_entropy(out["action"])
+        return gaussian_log_prob(sample, out["action"], out["log_std"]), gaussian_entropy(out["log_std"])
+
+    def _value(self, obs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        obs = self._normalize(obs)
+        if self.shared:
+            return tf.reshape(self._actor_outputs(obs)["value"], [-1])
+        return tf.reshape(self.critic.model(*self.critic.inputs(obs)), [-1])
+
+    def _act(self, obs: Mapping[str, tf.Tensor], deterministic: bool) -> dict[str, tf.Tensor]:
+        out = self._actor_outputs(self._normalize(obs))
+        if self.discrete:
+            logits = out["action"]
+            if deterministic:
+                sample = tf.argmax(logits, axis=-1)
+            else:  # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits)
+                u = self.noise.uniform(tf.shape(logits), minval=1e-12, maxval=1.0)
+                sample = tf.argmax(logits - tf.math.log(-tf.math.log(u)), axis=-1)
+            action = sample
+        else:
+            mean = out["action"]
+            sample = mean if deterministic else mean + tf.exp(out["log_std"]) * self.noise.normal(tf.shape(mean))
+            action = tf.clip_by_value(sample, -1.0, 1.0)
+        log_prob, _ = self.log_prob_entropy(out, sample)
+        extra = {k: v for k, v in out.items() if k not in ("action", "log_std", "value")}
+        return {"action": action, "sample": sample, "log_prob": log_prob, **extra}
+
+    def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
+        """For a batch of observations: ``action`` (for the environment), ``sample`` and ``log_prob``."""
+        fn = self._compiled("act_deterministic" if deterministic else "act_explore")
+        return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
+
+    def values(self, obs: Mapping[str, np.ndarray], chunk: int = 8192) -> np.ndarray:
+        """V(obs) for a batch of any size, computed in chunks."""
+        fn = self._compiled("values")
+        total = len(obs[self.value_inputs[0]])
+        return np.concatenate([fn({n: obs[n][i:i + chunk] for n in self.value_inputs}).numpy()
+                               for i in range(0, total, chunk)]) if total else np.zeros(0, np.float32)
+
+    def _compiled(self, name: str):
+        fn = self._concrete.get(name)
+        if fn is None:
+            fn = self._concrete[name] = getattr(self, "_" + name).get_concrete_function()
+        return fn
+
+    # --- training ------------------------------------------------------------------------------
+    def _apply(self, optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
+               variables: list) -> None:
+        grads = tape.gradient(loss, variables)
+        if self.params.max_grad_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.params.max_grad_norm)
+        optimizer.apply_gradients(zip(grads, variables))
+
+    def _train_step(self, mb: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        p = self.params
+        advantage = mb["advantage"]
+        if p.normalize_advantage:
+            mean, var = tf.nn.moments(advantage, axes=[0])
+            advantage = (advantage - mean) * tf.math.rsqrt(var + 1e-8)
+        obs = self._normalize(mb)
+        if not self.shared:
+            for _ in range(p.update_critic_times):
+                with tf.GradientTape() as tape:
+                    v_loss = self.value_loss(self._value_normalized(obs), mb["value"], mb["return"], p.clip_range_vf)
+                    loss = p.vf_coef * v_loss
+                self._apply(self.critic.optimizer, tape, loss, self.critic.model.trainable_variables)
+        first = None
+        for _ in range(p.update_actor_times):
+            with tf.GradientTape() as tape:
+                out = self._actor_outputs(obs)
+                log_prob, entropy = self.log_prob_entropy(out, mb["sample"])
+                pi_loss, clip_fraction = self.policy_loss(log_prob, mb["log_prob"], advantage, p.clip_range)
+                entropy = tf.reduce_mean(entropy)
+                loss = pi_loss - p.ent_coef * entropy
+                if self.shared:
+                    v_loss = self.value_loss(tf.reshape(out["value"], [-1]), mb["value"], mb["return"], p.clip_range_vf)
+                    loss += p.vf_coef * v_loss
+            if first is None:  # the statistics of the minibatch before this round's first step on it
+                first = (pi_loss, entropy, self.approx_kl(log_prob, mb["log_prob"]), clip_fraction)
+            self._apply(self.actor.optimizer, tape, loss, self._actor_variables())
+        pi_loss, entropy, kl, clip_fraction = first
+        return tf.stack([pi_loss, v_loss, entropy, kl, clip_fraction])
+
+    def _value_normalized(self, obs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return tf.reshape(self.critic.model(*self.critic.inputs(obs)), [-1])
+
+    def advantages(self, segments: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Values, advantages and returns of rollout segments ``(workers, steps, envs, ...)``, flattened."""
+        p = self.params
+        w, t, e = segments["reward"].shape[:3]
+        flat = lambda a: a.reshape((w * t * e,) + a.shape[3:])  # noqa: E731
+        values = self.values({n: flat(segments[n]) for n in self.value_inputs}).reshape(w, t, e)
+        next_values = self.values({n: flat(segments["next_" + n]) for n in self.value_inputs}).reshape(w, t, e)
+        time_first = lambda a: np.swapaxes(a, 0, 1)  # noqa: E731  GAE runs along time
+        adv, ret = compute_gae(time_first(segments["reward"] * p.reward_scale), time_first(values),
+                               time_first(next_values), time_first(segments["terminated"]),
+                               time_first(segments["truncated"]), p.gamma, p.gae_lambda)
+        return {"advantage": flat(time_first(adv)), "return": flat(time_first(ret)), "value": flat(values)}
+
+    def train(self, segments: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One training round on complete rollout segments; returns the metrics in ``metric_names`` order.
+
+        Uses the observation statistics the rollout was collected with, then folds the rollout's
+        observations into them (the workers get the new statistics with the new weights).
+        """
+        p = self.params
+        w, t, e = segments["reward"].shape[:3]
+        n = w * t * e
+        data = {k: segments[k].reshape((n,) + segments[k].shape[3:])
+                for k in self.minibatch_info.names if k in segments}
+        data.update(self.advantages(segments))
+        if p.anneal_lr:
+            remaining = max(0.0, 1.0 - self.rounds_done / p.rounds(w))
+            for spec in self.models.values():
+                spec.optimizer.learning_rate = spec.learning_rate * remaining
+        self.rounds_done += 1
+        step = self._compiled("step")
+        sums, count, epochs = np.zeros(5), 0, 0
+        for epoch in range(p.update_epochs):
+            epochs += 1
+            order = self.rng.permutation(n)
+            stop = False
+            for start in range(0, n, p.batch_size):
+                idx = order[start:start + p.batch_size]
+                if len(idx) < 2 and n >= 2:
+                    continue  # a one-sample minibatch has no advantage statistics to normalise by
+                metrics = step({k: v[idx] for k, v in data.items()}).numpy()
+                sums += metrics
+                count += 1
+                if p.target_kl is not None and metrics[3] > 1.5 * p.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        explained = 1.0 - np.var(data["return"] - data["value"]) / max(np.var(data["return"]), 1e-12)
+        for name in self.norm_names:
+            self.obs_rms[name].update(data[name])
+            self.norm_mean[name].assign(self.obs_rms[name].mean.astype(np.float32))
+            self.norm_var[name].assign(self.obs_rms[name].var.astype(np.float32))
+        return np.concatenate([sums / max(count, 1), [explained, epochs]])
+
+    # --- weights -------------------------------------------------------------------------------
+    def actor_weights(self) -> list[np.ndarray]:
+        """What acting needs: actor weights, the global log_std if any, the observation statistics."""
+        extra = [] if self.log_std is None else [self.log_std.numpy()]
+        stats = [v.numpy() for n in self.norm_names for v in (self.norm_mean[n], self.norm_var[n])]
+        return list(self.actor.model.get_weights()) + extra + stats
+
+    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
+        """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
+        k = len(self.actor.model.weights)
+        self.actor.model.set_weights(weights[:k])
+        if self.log_std is not None:
+            self.log_std.assign(weights[k])
+            k += 1
+        for n in self.norm_names:
+            self.norm_mean[n].assign(weights[k])
+            self.norm_var[n].assign(weights[k + 1])
+            k += 2
+
+    def reseed_noise(self, seed: int) -> None:
+        """Restart the sampling noise stream (each worker rank gets its own)."""
+        self.noise.reset_from_seed(seed)
+
+    def save(self, directory: str) -> None:
+        """Write every model's weights (``<key>.weights.h5``) and ``ppo_state.npz``, each atomically."""
+        os.makedirs(directory, exist_ok=True)
+        for key, spec in self.models.items():
+            with atomic_path(os.path.join(directory, f"{key}.weights.h5")) as tmp:
+                spec.model.save_weights(tmp)
+        state: dict[str, np.ndarray] = {}
+        if self.log_std is not None:
+            state["log_std"] = self.log_std.numpy()
+        for n, rms in self.obs_rms.items():
+            state.update({f"obs_rms/{n}/{k}": v for k, v in rms.state().items()})
+        with atomic_path(os.path.join(directory, "ppo_state.npz")) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **state)
