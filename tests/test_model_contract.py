@@ -28,7 +28,7 @@ def actor_with(**attrs):
     (actor_with(input_name=("pos",)), r"input_name has \['pos'\].*available names are \('obs',\)"),
     (actor_with(output_info={"log_std": (1,)}), r"output_info must be a dict that includes 'action'"),
     (actor_with(output_info={"action": (2,), "log_std": (1,)}),
-     r"output_info\['action'\] is \(2,\) but the environment's action has shape \(1,\)"),
+     r"output_info\['action'\] is \(2,\) but the environment has an action of shape \(1,\)"),
     (actor_with(output_info={"action": (1,)}), r"returned 2 outputs but output_info declares 1"),
     (actor_with(learning_rate=-1), r"actor.learning_rate must be a positive number"),
     (actor_with(optimizer="Adamm"), r"optimizer='Adamm' is not a Keras optimizer"),

@@ -144,3 +144,25 @@ def test_signal_stops_every_rank_cleanly_and_keeps_the_weights(signal_name, tmp_
     assert sorted(os.listdir(models)) == ["actor.weights.h5", "qf1.weights.h5", "qf2.weights.h5", "sac_state.npz"]
     with open(os.path.join(tmp_path, "task", "progress.csv")) as f:
         assert 0 < int(f.read().splitlines()[-1].split(",")[0]) < 100_000
+
+
+def _csv_without_timing(path):
+    import csv
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k not in ("charts/SPS", "charts/UPS")}
+            for r in rows]
+
+
+def test_ppo_learns_cartpole_under_three_ranks_identically_over_both_transports(tmp_path):
+    """Synchronous rounds: the same rank count gives the same run, through shared memory or messages."""
+    args = [os.path.join(ROOT, "tutorials", "tutorial3.py"), "--steps", "16000", "--name", "ppo"]
+    local, _ = mpirun(3, args + ["--run-root", str(tmp_path / "local")], timeout=300)
+    remote, _ = mpirun(3, args + ["--run-root", str(tmp_path / "remote")], timeout=300, AQUAML_PSEUDO_NODE_SIZE="2")
+    assert local.returncode == 0 and remote.returncode == 0, local.stderr[-2000:] + remote.stderr[-2000:]
+    final = float(re.search(r"final evaluation return: (-?[\d.]+)", local.stdout).group(1))
+    assert final >= 195, local.stdout[-2000:]
+    rows = _csv_without_timing(tmp_path / "local" / "ppo" / "progress.csv")
+    assert len(rows) > 10 and rows == _csv_without_timing(tmp_path / "remote" / "ppo" / "progress.csv")
+    assert sorted(os.listdir(tmp_path / "local" / "ppo" / "models")) == \
+        ["actor.weights.h5", "critic.weights.h5", "ppo_state.npz"]

@@ -190,7 +190,7 @@ class WorkerRole:
         self.version = 0
 
     def _allowed_steps(self) -> int:
-        if self.sync:  # round k needs weights version k + 1 (so a version per finished round)
+        if self.sync:  # round k runs on weights version k + 1 (a version per finished round)
             return self.version * self.round_steps
         updates = int(self.state.control[UPDATES])
         allowed_total = self.p.learning_starts + updates / self.p.replay_ratio
@@ -223,12 +223,14 @@ class WorkerRole:
         while worker.steps < self.quota and not self._stopping():
             self._poll_leader_messages()
             random = worker.steps < self.warmup
-            self._load_weights()
+            if self.sync:
+                self._load_weights()  # a new version comes once per round: loading it is what unblocks
             if not random and worker.steps >= self._allowed_steps():
                 if self.sender is not None:
                     self.sender.flush()
                 time.sleep(POLL_SECONDS)
                 continue
+            self._load_weights()
             if not random and self.version == 0:
                 time.sleep(POLL_SECONDS)  # the first weights are on their way
                 continue

@@ -10,11 +10,13 @@ Prints one line per slice with a digest of its data, so two runs can be compared
 import hashlib
 import sys
 import time
+import types
 
 import numpy as np
 
 from aquaml import DataInfo, RLBaseEnv
 from aquaml.algos.sac import transition_info
+from aquaml.buffers.replay import ReplayBuffer
 from aquaml.parallel.failure import install_abort_hook
 from aquaml.parallel.mpi import POLL_SECONDS, mpi, sleepy_barrier
 from aquaml.parallel.roles import DONE, STOP, NodeState, share
@@ -57,7 +59,8 @@ def main():
     obs_info = DataInfo("obs", (2,), np.float64)
     info = transition_info(obs_info, DataInfo("action", (1,)))
     W = topo.num_workers
-    state = NodeState(topo, info, SHAPES, buffer_size=TOTAL + W)
+    buffer_maker = types.SimpleNamespace(make_buffer=lambda slices, store: ReplayBuffer(info, TOTAL + W, slices, store))
+    state = NodeState(topo, buffer_maker, SHAPES)
     if topo.is_optimizer:
         seen = np.zeros(W, np.int64)
         digests = [{n: hashlib.sha256() for n in info.names} for _ in range(W)]
