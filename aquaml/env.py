@@ -185,8 +185,8 @@ class GymnasiumEnv(RLBaseEnv):
 
     def env_action(self, action: Any) -> Any:
         """Map the policy's action to what the wrapped environment takes."""
-        if self._discrete:
-            return int(np.asarray(action).reshape(-1)[0])
+        if self._discrete:  # the policy picks an index 0..n-1; the space may start elsewhere
+            return int(np.asarray(action).reshape(-1)[0]) + int(self.env.action_space.start)
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(self._action_info.shape("action")), -1.0, 1.0)
         if self._rescale:
             a = self._low + (a + 1.0) * 0.5 * (self._high - self._low)

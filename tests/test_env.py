@@ -83,3 +83,13 @@ def test_unsupported_action_space():
         action_space = gym.spaces.MultiDiscrete([2, 2])
     with pytest.raises(SpecError, match="MultiDiscrete is not supported"):
         GymnasiumEnv(TupleEnv())
+
+
+def test_discrete_action_index_is_offset_by_the_space_start():
+    class ShiftedEnv(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (1,))
+        action_space = gym.spaces.Discrete(3, start=-1)
+    env = GymnasiumEnv(ShiftedEnv())
+    assert env.action_info.meta("action") == {"n": 3, "start": -1}
+    assert [env.env_action(np.array(i)) for i in range(3)] == [-1, 0, 1]
+    assert GymnasiumEnv("CartPole-v1").env_action(np.array(1)) == 1
