@@ -16,6 +16,15 @@ def _check(cond: bool, field: str, expected: str, value: Any) -> None:
         raise ValueError(f"{field} must be {expected}, got {value!r}")
 
 
+def _check_ints(params: Any, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    for name in positive:
+        value = getattr(params, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, "a positive int", value)
+    for name in non_negative:
+        value = getattr(params, name)
+        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, "an int >= 0", value)
+
+
 def with_aliases(aliases: dict[str, str], derived: Callable[[dict], dict] | None = None):
     """Make a dataclass accept ``aliases`` (reference name -> field) and reject unknown names.
 
@@ -133,15 +142,9 @@ class SACParameters:
     """Compile the update with XLA (measured: no gain for 256-wide MLPs on CPU, see README)."""
 
     def __post_init__(self) -> None:
-        for name in ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
-                     "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
-                   "a positive int", value)
-        for name in ("learning_starts", "eval_interval", "seed", "max_worker_lead"):
-            value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
-                   "an int >= 0", value)
+        _check_ints(self, ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
+                           "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval"),
+                    ("learning_starts", "eval_interval", "seed", "max_worker_lead"))
         _check(self.random_steps is None or (isinstance(self.random_steps, int) and self.random_steps >= 0),
                "random_steps", "None or an int >= 0", self.random_steps)
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
@@ -165,15 +168,6 @@ class SACParameters:
 
 #: The reference AquaML's name for SACParameters.
 SAC2_parameter = SACParameters
-
-
-def _check_ints(params: Any, positive: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
-    for name in positive:
-        value = getattr(params, name)
-        _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, "a positive int", value)
-    for name in non_negative:
-        value = getattr(params, name)
-        _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, "an int >= 0", value)
 
 
 def _ppo_derived(kw: dict) -> dict:
