@@ -54,9 +54,9 @@ TASKS = {
     "cartpole": dict(env="CartPole-v1", outputs=2, learning_rate=1e-3, steps=100_000, parameters=dict(
         envs_per_worker=8, epoch_length=32, batch_size=256, update_times=20, gamma=0.98, lambada=0.8,
         epsilon=0.2, entropy_coeff=0.0, anneal_lr=True, eval_interval=10_000, calculate_episodes=10)),
-    "pendulum": dict(env="Pendulum-v1", outputs=1, learning_rate=1e-3, steps=200_000, parameters=dict(
-        envs_per_worker=4, epoch_length=1024, batch_size=64, update_times=10, gamma=0.9, lambada=0.95,
-        epsilon=0.2, entropy_coeff=0.0, normalize_obs=True, reward_scale=0.1, init_log_std=-0.5,
+    "pendulum": dict(env="Pendulum-v1", outputs=1, learning_rate=3e-4, steps=200_000, parameters=dict(
+        envs_per_worker=1, epoch_length=2048, batch_size=64, update_times=10, gamma=0.95, lambada=0.95,
+        epsilon=0.2, entropy_coeff=0.0, anneal_lr=True, normalize_obs=True, reward_scale=0.1,
         eval_interval=20_000, calculate_episodes=10)),
 }
 
