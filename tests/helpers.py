@@ -59,3 +59,18 @@ class CountingEnv(RLBaseEnv):
         truncated = not terminated and self.t >= self.horizon
         return (self.check_obs(self._obs(), action_dict), {"total_reward": reward, "miss": -reward},
                 terminated, truncated, {})
+
+
+class MLPV(RLBaseModel):
+    """A state-value critic V(obs) for PPO."""
+
+    def __init__(self, width=64, obs_name="obs"):
+        super().__init__()
+        self.d1 = tf.keras.layers.Dense(width, activation="relu")
+        self.d2 = tf.keras.layers.Dense(width, activation="relu")
+        self.v = tf.keras.layers.Dense(1)
+        self.learning_rate = 1e-3
+        self.input_name = (obs_name,)
+
+    def call(self, obs):
+        return self.v(self.d2(self.d1(obs)))

@@ -103,6 +103,19 @@ def test_worker_waiting_for_updates_does_not_spin(tmp_path):
     assert fraction < 0.10, f"waiting worker used {fraction:.1%} of a core"
 
 
+def test_ppo_optimizer_waiting_for_segments_does_not_spin(tmp_path):
+    """PPO rounds: workers step a 5 ms-per-step environment while the optimizer waits for their segments."""
+    fraction = _waiting_cpu_fraction(0, ["--ppo-epochs", "1", "--env-sleep", "0.005", "--steps", "4000",
+                                         "--eval-interval", "0"], tmp_path)
+    assert fraction < 0.10, f"waiting optimizer used {fraction:.1%} of a core"
+
+
+def test_ppo_worker_waiting_for_a_round_does_not_spin(tmp_path):
+    """PPO rounds of 64 steps trained with 400 passes each: the workers mostly wait for new weights."""
+    fraction = _waiting_cpu_fraction(1, ["--ppo-epochs", "400", "--steps", "40000", "--eval-interval", "0"], tmp_path)
+    assert fraction < 0.10, f"waiting worker used {fraction:.1%} of a core"
+
+
 def test_tutorial1_learns_under_three_ranks(tmp_path):
     proc, wall = mpirun(3, [os.path.join(ROOT, "tutorials", "tutorial1.py"), "--steps", "8000", "--hidden", "64",
                             "--learning-starts", "500", "--name", "mpi", "--run-root", str(tmp_path)], timeout=400)

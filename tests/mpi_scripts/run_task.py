@@ -1,7 +1,9 @@
 """Run under mpiexec: a whole RLTaskStarter task with test environments and small models.
 
     run_task.py [--raise-on worker|optimizer] [--raise-at N] [--env-sleep S] [--steps N]
-                [--learning-starts N] [--replay-ratio R] [--run-root DIR]
+                [--learning-starts N] [--replay-ratio R] [--run-root DIR] [--ppo-epochs N]
+
+With --ppo-epochs the task is PPO (synchronous rounds of 64 steps per worker, N passes each).
 
 Prints ``rank R role cpu_fraction F`` for the time spent in run(), so tests can check that a
 waiting rank does not spin; with --raise-on, the chosen role raises at its N-th environment step.
@@ -13,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helpers import CountingEnv, MLPActor, MLPQ  # noqa: E402
+from helpers import CountingEnv, MLPActor, MLPQ, MLPV  # noqa: E402
 
-from aquaml import RLTaskStarter, SACParameters  # noqa: E402
+from aquaml import PPO, PPOParameters, RLTaskStarter, SAC, SACParameters  # noqa: E402
 
 
 class TestEnv(CountingEnv):
@@ -49,14 +51,20 @@ def main():
     parser.add_argument("--replay-ratio", type=float, default=1.0)
     parser.add_argument("--run-root", default="runs")
     parser.add_argument("--eval-interval", type=int, default=200)
+    parser.add_argument("--ppo-epochs", type=int, default=0)
     args = parser.parse_args()
     env = TestEnv(args.env_sleep, args.raise_on, args.raise_at)
-    params = SACParameters(total_steps=args.steps, epoch_length=200, learning_starts=args.learning_starts,
-                           replay_ratio=args.replay_ratio, batch_size=64, eval_interval=args.eval_interval,
-                           calculate_episodes=2)
-    starter = RLTaskStarter(env=env, model_class_dict={"actor": MLPActor, "qf1": MLPQ, "qf2": MLPQ},
-                            algo_hyperparameter=params, run_root=args.run_root, name="task", verbose=False,
-                            tensorboard=False)
+    if args.ppo_epochs:
+        algo, models = PPO, {"actor": MLPActor, "critic": MLPV}
+        params = PPOParameters(total_steps=args.steps, rollout_steps=64, update_epochs=args.ppo_epochs,
+                               batch_size=32, eval_interval=args.eval_interval, calculate_episodes=2)
+    else:
+        algo, models = SAC, {"actor": MLPActor, "qf1": MLPQ, "qf2": MLPQ}
+        params = SACParameters(total_steps=args.steps, epoch_length=200, learning_starts=args.learning_starts,
+                               replay_ratio=args.replay_ratio, batch_size=64, eval_interval=args.eval_interval,
+                               calculate_episodes=2)
+    starter = RLTaskStarter(env=env, model_class_dict=models, algo=algo, algo_hyperparameter=params,
+                            run_root=args.run_root, name="task", verbose=False, tensorboard=False)
     topo = starter.topology
     print(f"rank {topo.rank} {topo.role} pid {os.getpid()} started", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
