@@ -13,6 +13,8 @@ from typing import Any
 #: Seconds slept between polls while waiting: short enough for sub-millisecond hand-offs to cost
 #: little, long enough that a waiting rank uses well under 1% of a core.
 POLL_SECONDS = 0.0005
+#: The longest sleep of a ``Backoff`` (waits for a whole training round or rollout segment).
+MAX_POLL_SECONDS = 0.005
 
 
 def launched_ranks() -> int:
@@ -28,6 +30,24 @@ def mpi() -> Any:
     """The mpi4py MPI module (imported on first use: a plain process never initialises MPI)."""
     from mpi4py import MPI
     return MPI
+
+
+class Backoff:
+    """Sleeps for a wait that may be long: from ``POLL_SECONDS``, doubling up to ``MAX_POLL_SECONDS``.
+
+    Each wake-up costs some CPU, so a rank that waits seconds for a PPO round should wake less
+    often than one waiting a millisecond for the next transition; ``reset()`` once the wait is over.
+    """
+
+    def __init__(self) -> None:
+        self.delay = POLL_SECONDS
+
+    def sleep(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(2 * self.delay, MAX_POLL_SECONDS)
+
+    def reset(self) -> None:
+        self.delay = POLL_SECONDS
 
 
 def sleepy_wait(request: Any) -> None:

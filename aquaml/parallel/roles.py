@@ -24,7 +24,7 @@ import numpy as np
 
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.parallel.failure import StopRequest
-from aquaml.parallel.mpi import POLL_SECONDS, sleepy_barrier
+from aquaml.parallel.mpi import POLL_SECONDS, Backoff, sleepy_barrier
 from aquaml.parallel.shared import SharedArrayStore
 from aquaml.parallel.topology import Topology
 from aquaml.parallel.transport import (EPISODE_INFO, TransitionReceiver, TransitionSender, WeightSender,
@@ -106,11 +106,12 @@ class OptimizerRole:
         rounds = p.rounds(self.topo.num_workers)
         per_round = p.rollout_steps * p.envs_per_worker * self.topo.num_workers
         self.publish(force=True)
-        steps = 0
+        steps, backoff = 0, Backoff()
         for k in range(rounds):
+            backoff.reset()
             while not buffer.complete(k + 1) and not self.stop.requested:
                 self._poll()
-                time.sleep(POLL_SECONDS)
+                backoff.sleep()
             if self.stop.requested:
                 break
             self._poll()
@@ -219,7 +220,7 @@ class WorkerRole:
         return self.stop.requested or bool(self.state.control[STOP])
 
     def run(self) -> None:
-        worker = self.worker
+        worker, backoff = self.worker, Backoff()
         while worker.steps < self.quota and not self._stopping():
             self._poll_leader_messages()
             random = worker.steps < self.warmup
@@ -228,8 +229,12 @@ class WorkerRole:
             if not random and worker.steps >= self._allowed_steps():
                 if self.sender is not None:
                     self.sender.flush()
-                time.sleep(POLL_SECONDS)
+                if self.sync:  # waiting for a whole training round
+                    backoff.sleep()
+                else:
+                    time.sleep(POLL_SECONDS)
                 continue
+            backoff.reset()
             self._load_weights()
             if not random and self.version == 0:
                 time.sleep(POLL_SECONDS)  # the first weights are on their way
