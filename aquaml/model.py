@@ -12,6 +12,7 @@ A model is a ``keras.Model`` with a few attributes the algorithms read:
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping
 
 import keras
@@ -19,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.data import DataInfo
+from aquaml.storage import atomic_path
 
 
 class ModelContractError(ValueError):
@@ -98,13 +100,30 @@ def _input_names(key: str, model: keras.Model, available: DataInfo, critic: bool
     return names
 
 
+def is_discrete_action(action_info: DataInfo) -> bool:
+    """True when ``action`` is an integer choice among ``n`` (a gymnasium Discrete)."""
+    return action_info.dtype("action").kind in "iu" and "n" in action_info.meta("action")
+
+
 def actor_action_shape(action_info: DataInfo) -> tuple[int, ...]:
     """What the actor's ``action`` output holds per sample: the action itself, or for a discrete
     action of ``n`` choices the ``n`` logits of a Categorical."""
-    meta = action_info.meta("action")
-    if action_info.dtype("action").kind in "iu" and "n" in meta:
-        return (int(meta["n"]),)
+    if is_discrete_action(action_info):
+        return (int(action_info.meta("action")["n"]),)
     return tuple(action_info.shape("action"))
+
+
+def save_models(directory: str, models: Mapping[str, ModelSpec], state_file: str,
+                state: Mapping[str, np.ndarray]) -> None:
+    """Write every model's weights (``<key>.weights.h5``) and an algorithm's other state
+    (``state_file``, an .npz) into ``directory``, each file atomically."""
+    os.makedirs(directory, exist_ok=True)
+    for key, spec in models.items():
+        with atomic_path(os.path.join(directory, f"{key}.weights.h5")) as tmp:
+            spec.model.save_weights(tmp)
+    with atomic_path(os.path.join(directory, state_file)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **state)
 
 
 def _output_names(key: str, model: keras.Model, action_info: DataInfo | None) -> tuple[str, ...]:

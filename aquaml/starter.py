@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import platform
 import sys
-import time
 from typing import Any, Callable, Mapping
 
 import gymnasium

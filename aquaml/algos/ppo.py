@@ -11,7 +11,6 @@ Rollout layout (from ``rollout_info``): every observation name and the same name
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import keras
@@ -23,18 +22,13 @@ from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
                                   gaussian_log_prob)
-from aquaml.model import ModelContractError, ModelSpec
+from aquaml.model import ModelContractError, ModelSpec, is_discrete_action, save_models
 from aquaml.normalizer import RunningMeanStd
-from aquaml.storage import atomic_path
-
-
-def is_discrete(action_info: DataInfo) -> bool:
-    return action_info.dtype("action").kind in "iu" and "n" in action_info.meta("action")
 
 
 def rollout_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
     """The columns stored for one step of a rollout."""
-    sample = DataInfo("sample", (), np.int64) if is_discrete(action_info) else \
+    sample = DataInfo("sample", (), np.int64) if is_discrete_action(action_info) else \
         DataInfo("sample", action_info.shape("action"), np.float32)
     return (obs_info.merge(obs_info.prefixed("next_")).merge(sample)
             .add_info(("log_prob", "reward", "terminated", "truncated"), ((), (), (), ()), np.float32))
@@ -100,7 +94,7 @@ class PPO:
                                      "(input_name of observations, returning (batch, 1)), or make the actor "
                                      "output 'value' too, e.g. output_info = {'action': ..., 'value': (1,)}")
         self.obs_info, self.action_info = obs_info, action_info
-        self.discrete = is_discrete(action_info)
+        self.discrete = is_discrete_action(action_info)
         self.batch_info = rollout_info(obs_info, action_info)
 
         self.actor_has_log_std = "log_std" in self.actor.output_names
@@ -136,8 +130,8 @@ class PPO:
     @staticmethod
     def check_action_info(action_info: DataInfo) -> None:
         """Raise SpecError unless the action is continuous (float) or discrete (int with ``n`` choices)."""
-        kind = action_info.dtype("action").kind
-        if kind == "f" or (kind in "iu" and "n" in action_info.meta("action") and action_info.shape("action") == ()):
+        if action_info.dtype("action").kind == "f" or (is_discrete_action(action_info)
+                                                       and action_info.shape("action") == ()):
             return
         raise SpecError(f"PPO needs a continuous (Box) action or one Discrete choice; this environment's action "
                         f"is {action_info.dtype('action').name} of shape {action_info.shape('action')} "
@@ -205,7 +199,10 @@ class PPO:
         return gaussian_log_prob(sample, out["action"], out["log_std"]), gaussian_entropy(out["log_std"])
 
     def _value(self, obs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        obs = self._normalize(obs)
+        return self._value_normalized(self._normalize(obs))
+
+    def _value_normalized(self, obs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """V of already normalised observations (from the critic, or the shared model's ``value``)."""
         if self.shared:
             return tf.reshape(self._actor_outputs(obs)["value"], [-1])
         return tf.reshape(self.critic.model(*self.critic.inputs(obs)), [-1])
@@ -283,9 +280,6 @@ class PPO:
             self._apply(self.actor.optimizer, tape, loss, self._actor_variables())
         pi_loss, entropy, kl, clip_fraction = first
         return tf.stack([pi_loss, v_loss, entropy, kl, clip_fraction])
-
-    def _value_normalized(self, obs: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        return tf.reshape(self.critic.model(*self.critic.inputs(obs)), [-1])
 
     def advantages(self, segments: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Values, advantages and returns of rollout segments ``(workers, steps, envs, ...)``, flattened."""
@@ -367,15 +361,9 @@ class PPO:
 
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``ppo_state.npz``, each atomically."""
-        os.makedirs(directory, exist_ok=True)
-        for key, spec in self.models.items():
-            with atomic_path(os.path.join(directory, f"{key}.weights.h5")) as tmp:
-                spec.model.save_weights(tmp)
         state: dict[str, np.ndarray] = {}
         if self.log_std is not None:
             state["log_std"] = self.log_std.numpy()
         for n, rms in self.obs_rms.items():
             state.update({f"obs_rms/{n}/{k}": v for k, v in rms.state().items()})
-        with atomic_path(os.path.join(directory, "ppo_state.npz")) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state)
+        save_models(directory, self.models, "ppo_state.npz", state)

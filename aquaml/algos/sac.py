@@ -10,7 +10,6 @@ Batch layout (from ``transition_info``): every observation name, the same names 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Mapping
 
 import keras
@@ -21,8 +20,7 @@ from aquaml.algos.params import SACParameters
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
-from aquaml.model import ModelSpec
-from aquaml.storage import atomic_path
+from aquaml.model import ModelSpec, save_models
 
 
 def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -248,16 +246,10 @@ class SAC:
 
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``sac_state.npz``, each atomically."""
-        os.makedirs(directory, exist_ok=True)
-        for key, spec in self.models.items():
-            with atomic_path(os.path.join(directory, f"{key}.weights.h5")) as tmp:
-                spec.model.save_weights(tmp)
         state = {"log_alpha": self.log_alpha.numpy()}
         if self.log_std is not None:
             state["log_std"] = self.log_std.numpy()
-        with atomic_path(os.path.join(directory, "sac_state.npz")) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state)
+        save_models(directory, self.models, "sac_state.npz", state)
 
 
 #: The reference AquaML's name for SAC.
