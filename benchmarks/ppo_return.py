@@ -13,14 +13,10 @@ final evaluation is 10 deterministic episodes. Targets: CartPole median >= 475 (
 import argparse
 import concurrent.futures
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tutorial_runs import ROOT, final_return
 TARGETS = {"cartpole": 475.0, "pendulum": -250.0}
 
 
@@ -32,14 +28,8 @@ def run_seed(task: str, steps: int | None, seed: int, ranks: int) -> tuple[int, 
         cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(ranks)] + cmd
     else:
         cmd += ["--threads", "1"]
-    with tempfile.TemporaryDirectory() as cwd:
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    match = re.search(r"final evaluation return: (-?[\d.]+)", proc.stdout)
-    if proc.returncode != 0 or not match:
-        raise RuntimeError(f"seed {seed} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return seed, float(match.group(1)), wall
+    ret, wall = final_return(cmd, f"seed {seed}")
+    return seed, ret, wall
 
 
 def main() -> None:

@@ -8,27 +8,16 @@ directory; the final evaluation is 10 deterministic episodes. Target: median >= 
 import argparse
 import concurrent.futures
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tutorial_runs import ROOT, final_return
 
 
 def run_seed(steps: int, seed: int) -> tuple[int, float, float]:
-    with tempfile.TemporaryDirectory() as cwd:
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tutorials", "tutorial1.py"), "--steps", str(steps),
-                               "--seed", str(seed), "--threads", "1", "--name", f"seed{seed}"],
-                              cwd=cwd, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-    match = re.search(r"final evaluation return: (-?[\d.]+)", proc.stdout)
-    if proc.returncode != 0 or not match:
-        raise RuntimeError(f"seed {seed} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return seed, float(match.group(1)), wall
+    ret, wall = final_return([sys.executable, os.path.join(ROOT, "tutorials", "tutorial1.py"), "--steps", str(steps),
+                              "--seed", str(seed), "--threads", "1", "--name", f"seed{seed}"], f"seed {seed}")
+    return seed, ret, wall
 
 
 def main() -> None:

@@ -1,4 +1,8 @@
 """Small environments and models for tests."""
+import importlib
+import os
+import sys
+
 import numpy as np
 import tensorflow as tf
 
@@ -74,3 +78,12 @@ class MLPV(RLBaseModel):
 
     def call(self, obs):
         return self.v(self.d2(self.d1(obs)))
+
+
+def load_tutorial(name):
+    """Import ``tutorials/<name>.py`` as a module (the tutorials are scripts, not a package)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tutorials"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

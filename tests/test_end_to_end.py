@@ -3,17 +3,15 @@ import csv
 import glob
 import json
 import os
-import sys
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import MLPActor, MLPQ
+from helpers import MLPActor, MLPQ, load_tutorial
 
-from aquaml import SAC2, DataInfo, RLBaseEnv, RLBaseModel, RLTaskStarter, SAC2_parameter, SACParameters
+from aquaml import SAC2, DataInfo, RLBaseEnv, RLTaskStarter, SAC2_parameter, SACParameters
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- the reference README's tutorial, with its typos fixed (dense3 defined, gymnasium reset) ---------
@@ -129,11 +127,7 @@ def test_run_directory_contents_and_no_overwrite(run_root):
 
 def test_tutorial1_script(run_root, monkeypatch, capsys):
     monkeypatch.chdir(os.path.dirname(run_root))
-    sys.path.insert(0, os.path.join(ROOT, "tutorials"))
-    try:
-        import tutorial1
-    finally:
-        sys.path.pop(0)
+    tutorial1 = load_tutorial("tutorial1")
     result = tutorial1.main(["--steps", "1200", "--name", "t1"])
     out = capsys.readouterr().out
     assert "final evaluation return:" in out and "step 1000/1200" in out

@@ -1,5 +1,4 @@
 """A wrong model fails at start-up, before any environment step, with a message saying what to change."""
-import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import CountingEnv, MLPActor, MLPQ

@@ -1,12 +1,12 @@
 """PPO: GAE, losses and distributions against hand computations; truncation; training rounds; learning."""
 import os
-import sys
 
 import numpy as np
 import pytest
 import scipy.special
 import scipy.stats
 import tensorflow as tf
+from helpers import load_tutorial
 
 from aquaml import (DataInfo, GymnasiumEnv, ModelContractError, PPO, PPO_parameter, PPOParameters, RLBaseEnv,
                     RLBaseModel, RLTaskStarter)
@@ -15,8 +15,6 @@ from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.distributions import categorical_entropy, categorical_log_prob, gaussian_entropy, gaussian_log_prob
 from aquaml.model import build_models
 from aquaml.normalizer import RunningMeanStd
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- GAE -------------------------------------------------------------------------------------------
@@ -302,11 +300,7 @@ def test_value_of_an_endless_task_reaches_one_over_one_minus_gamma_only_through_
 # --- learning ----------------------------------------------------------------------------------------
 
 def test_ppo_learns_cartpole_in_one_process(run_root):
-    sys.path.insert(0, os.path.join(ROOT, "tutorials"))
-    try:
-        import tutorial3
-    finally:
-        sys.path.pop(0)
+    tutorial3 = load_tutorial("tutorial3")
     result = tutorial3.main(["--steps", "30000", "--run-root", run_root, "--name", "cartpole"])
     assert result["eval/return_mean"] >= 195
     saved = sorted(os.listdir(os.path.join(run_root, "cartpole", "models")))
