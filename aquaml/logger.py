@@ -16,6 +16,26 @@ from typing import Mapping, TextIO
 import numpy as np
 import tensorflow as tf
 
+from aquaml.storage import atomic_path
+
+
+def _truncate_csv(path: str, step: int) -> list[str]:
+    """Drop the rows after ``step`` (written after the checkpoint a run resumes from); return the header.
+
+    The file is rewritten atomically, so an interrupted resume cannot lose the rows kept.
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return []
+    header, body = rows[0], rows[1:]
+    col = header.index("global_step")
+    kept = [r for r in body if r and int(float(r[col])) <= step]
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([header] + kept)
+    return header
+
 
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -32,16 +52,28 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: str, name: str, total_steps: int, tensorboard: bool = True,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, resume_step: int | None = None, elapsed: float = 0.0) -> None:
         self.run_dir, self.name, self.total_steps = run_dir, name, total_steps
         self.stream = stream or sys.stdout
-        self._csv_file = open(os.path.join(run_dir, "progress.csv"), "w", newline="", encoding="utf-8")
+        path = os.path.join(run_dir, "progress.csv")
         self._csv: csv.DictWriter | None = None
+        if resume_step is not None and os.path.exists(path):
+            header = _truncate_csv(path, resume_step)
+            self._csv_file = open(path, "a", newline="", encoding="utf-8")
+            if header:
+                self._csv = csv.DictWriter(self._csv_file, fieldnames=header, extrasaction="ignore")
+        else:
+            self._csv_file = open(path, "w", newline="", encoding="utf-8")
         self._dropped: set[str] = set()
         self._writer = None
         if tensorboard:
             self._writer = tf.summary.create_file_writer(run_dir)
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() - elapsed
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training so far, over every resumed part of the run."""
+        return time.perf_counter() - self.start
 
     def write(self, step: int, row: Mapping[str, float]) -> None:
         """Record ``row`` (metric name -> value; NaN for "not measured this epoch") at ``step``."""

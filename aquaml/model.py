@@ -113,6 +113,14 @@ def actor_action_shape(action_info: DataInfo) -> tuple[int, ...]:
     return tuple(action_info.shape("action"))
 
 
+def model_state_groups(models: Mapping[str, ModelSpec]) -> dict[str, list]:
+    """Each model's weights (``model/<key>``) and its optimizer's variables (``optim/<key>``): slots,
+    iteration count and learning rate, for a checkpoint."""
+    groups = {f"model/{k}": list(s.model.weights) for k, s in models.items()}
+    groups.update({f"optim/{k}": list(s.optimizer.variables) for k, s in models.items()})
+    return groups
+
+
 def save_models(directory: str, models: Mapping[str, ModelSpec], state_file: str,
                 state: Mapping[str, np.ndarray]) -> None:
     """Write every model's weights (``<key>.weights.h5``) and an algorithm's other state

@@ -33,6 +33,20 @@ class Progress:
         self._epoch_start = (time.perf_counter(), 0, 0)
         self._last_display = -math.inf
 
+    def state_dict(self) -> dict[str, Any]:
+        """The bookkeeping a checkpoint keeps: due steps, the epoch so far, the last evaluation."""
+        return {"next_epoch": self.next_epoch, "next_eval": self.next_eval, "final": dict(self.final),
+                "episodes": list(self._episodes), "metric_sum": self._metric_sum.copy(),
+                "metric_count": self._metric_count, "epoch_start": self._epoch_start[1:],
+                "elapsed": self.logger.elapsed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.next_epoch, self.next_eval, self.final = state["next_epoch"], state["next_eval"], dict(state["final"])
+        self._episodes = list(state["episodes"])
+        self._metric_sum[:] = state["metric_sum"]
+        self._metric_count = state["metric_count"]
+        self._epoch_start = (time.perf_counter(), *state["epoch_start"])
+
     def add_episodes(self, episodes: list) -> None:
         self._episodes += episodes
 
@@ -73,7 +87,8 @@ class Progress:
         self._epoch_start = (time.perf_counter(), steps, updates)
 
 
-EVAL_KEYS = ("eval/return_mean", "eval/return_std", "eval/return_min", "eval/return_max", "eval/length_mean")
+EVAL_KEYS = ("eval/return_mean", "eval/return_std", "eval/return_min", "eval/return_max",
+             "eval/length_mean", "eval/length_std", "eval/length_min", "eval/length_max")
 
 
 def episode_row(episodes: list) -> dict[str, float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import platform
 import sys
@@ -18,17 +19,20 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.algos.sac import SAC
+from aquaml.buffers.replay import ReplayBuffer
+from aquaml.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state,
+                               variables_state)
 from aquaml.data import DataInfo
 from aquaml.env import GymnasiumEnv, RLBaseEnv
 from aquaml.logger import RunLogger
 from aquaml.model import build_models
 from aquaml.parallel.devices import limit_tf_threads
-from aquaml.parallel.failure import install_abort_hook, report_and_abort
+from aquaml.parallel.failure import StopRequest, install_abort_hook, report_and_abort
 from aquaml.parallel.mpi import launched_ranks, mpi
 from aquaml.parallel.roles import run_task
 from aquaml.parallel.topology import make_topology
 from aquaml.progress import Progress
-from aquaml.storage import unique_run_dir, write_text_atomic
+from aquaml.storage import set_aside_previous, unique_run_dir, write_text_atomic
 from aquaml.worker import Worker
 
 
@@ -85,6 +89,14 @@ class RLTaskStarter:
         optimizer_threads: TensorFlow intra-op threads for training; None is TensorFlow's default.
         verbose: print progress lines.
         tensorboard: write TensorBoard events beside progress.csv.
+        checkpoint_interval: environment steps between checkpoints (one is always written at the
+            end, and when SIGTERM/SIGINT stops the run); None means a tenth of ``total_steps``,
+            0 only the final one.
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        checkpoint_buffer: include the replay buffer in checkpoints (needed for an exact resume
+            of SAC; off-policy runs resumed without it refill the buffer from scratch).
+        resume: continue the run ``<run_root>/<name>`` from its newest valid checkpoint (damaged
+            ones are skipped with a warning); without a checkpoint there, start it afresh.
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
@@ -94,7 +106,8 @@ class RLTaskStarter:
     def __init__(self, env: Any, model_class_dict: Mapping[str, Callable], algo: type | None = None,
                  algo_hyperparameter: Any = None, mpi_comm: Any = None, name: str | None = None,
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
-                 verbose: bool = True, tensorboard: bool = True) -> None:
+                 verbose: bool = True, tensorboard: bool = True, checkpoint_interval: int | None = None,
+                 keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False) -> None:
         algo = SAC if algo is None else algo
         if not (isinstance(algo, type) and hasattr(algo, "required_models")):
             raise TypeError(f"algo must be an aquaml algorithm class such as SAC or PPO, got {algo!r}")
@@ -104,6 +117,17 @@ class RLTaskStarter:
                             f"got {type(params).__name__}")
         if name is not None and (not isinstance(name, str) or not name or os.sep in name):
             raise ValueError(f"name must be a non-empty string without {os.sep!r}, got {name!r}")
+        if checkpoint_interval is None:
+            checkpoint_interval = max(params.total_steps // 10, 1)
+        if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 0:
+            raise ValueError(f"checkpoint_interval must be an int >= 0 (environment steps; 0 = only at the end), "
+                             f"got {checkpoint_interval!r}")
+        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be an int >= 1, got {keep_checkpoints!r}")
+        if resume and name is None:
+            raise ValueError("resume=True needs the name of the run to continue (name='...')")
+        self.checkpoint_interval, self.keep_checkpoints = checkpoint_interval, keep_checkpoints
+        self.checkpoint_buffer, self.resume = bool(checkpoint_buffer), bool(resume)
         if mpi_comm is None and launched_ranks() > 1:
             mpi_comm = mpi().COMM_WORLD
         self.topology = make_topology(mpi_comm) if mpi_comm is not None and mpi_comm.Get_size() > 1 else None
@@ -137,6 +161,24 @@ class RLTaskStarter:
         self.run_root = run_root
         self.run_dir: str | None = None
         self.model_classes = {k: getattr(v, "__name__", repr(v)) for k, v in model_class_dict.items()}
+        self.env_id = env if isinstance(env, str) else None
+        self.interrupted = False
+        self.checkpointer: Checkpointer | None = None
+        self.restored: tuple[dict, dict] | None = None
+        if self.resume and (self.topology is None or self.topology.is_optimizer):
+            self.restored = self._find_checkpoint()
+
+    def _find_checkpoint(self) -> tuple[dict, dict] | None:
+        """The newest valid checkpoint of ``run_root/name``, checked against this task; None if none."""
+        run_dir = os.path.join(self.run_root, self.name)
+        path = Checkpointer(run_dir).latest()
+        if path is None:
+            return None
+        with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        check_resumable(saved, self._config(), run_dir)
+        arrays, state = Checkpointer.load(path)
+        return arrays, state
 
     def _config(self) -> dict[str, Any]:
         return {"name": self.name, "algo": self.algo.name, "parameters": self.params.to_dict(),
@@ -144,7 +186,10 @@ class RLTaskStarter:
                 "models": {k: {"class": self.model_classes[k], "learning_rate": s.learning_rate,
                                "optimizer": type(s.optimizer).__name__, "input_name": list(s.input_names)}
                            for k, s in self.algo.models.items()},
-                "ranks": 1 if self.topology is None else self.topology.size, "versions": _versions(), "command": sys.argv}
+                "ranks": 1 if self.topology is None else self.topology.size, "versions": _versions(),
+                "command": sys.argv, "env_id": self.env_id,
+                "checkpoints": {"interval": self.checkpoint_interval, "keep": self.keep_checkpoints,
+                                "buffer": self.checkpoint_buffer}}
 
     @property
     def models_dir(self) -> str:
@@ -154,29 +199,79 @@ class RLTaskStarter:
         """Train for ``total_steps`` environment steps; return the final evaluation statistics.
 
         Under MPI every rank calls this; the optimizer returns the statistics, workers an empty dict.
+        SIGTERM or SIGINT stops the run at the next clean point with a checkpoint (``interrupted``
+        is then True and the last evaluation so far is returned); ``resume=True`` continues it.
         """
         if self.topology is not None:
             return self._run_mpi()
         self._open_run_dir()
-        logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
+        logger = self._open_logger()
         models_dir = self.models_dir
+        stop = StopRequest()
         try:
-            loop = _TrainingLoop if self.algo.schedule == "async" else _RolloutLoop
-            final = loop(self, logger).run()
+            loop = (_TrainingLoop if self.algo.schedule == "async" else _RolloutLoop)(self, logger, stop)
+            if self.restored is not None:
+                loop.restore(*self.restored)
+            final = loop.run()
         except KeyboardInterrupt:
-            # Ctrl-C keeps what was learned: the weights as they are now, then the usual exit.
+            # an exception from inside a step: no clean point to checkpoint at, but keep the weights
             self.algo.save(models_dir)
             print(f"[{self.name}] interrupted; weights so far saved in {models_dir}", file=sys.stderr, flush=True)
             raise
         finally:
+            stop.restore()
             logger.close()
         self.algo.save(models_dir)
-        self._report(final)
+        self._finish(final, stop)
         return final
 
+    def _open_logger(self) -> RunLogger:
+        resume_step = elapsed = None
+        if self.restored is not None:
+            resume_step = self.restored[1]["step"]
+            elapsed = self.restored[1]["progress"]["elapsed"]
+        return RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard,
+                         resume_step=resume_step, elapsed=elapsed or 0.0)
+
     def _open_run_dir(self) -> None:
-        self.run_dir = unique_run_dir(self.run_root, self.name)
+        if self.resume:
+            self.run_dir = os.path.join(self.run_root, self.name)
+            if self.restored is None:
+                set_aside_previous(self.run_dir)
+            os.makedirs(self.run_dir, exist_ok=True)
+        else:
+            self.run_dir = unique_run_dir(self.run_root, self.name)
         write_text_atomic(os.path.join(self.run_dir, "config.json"), json.dumps(self._config(), indent=2))
+        self.checkpointer = Checkpointer(self.run_dir, self.keep_checkpoints)
+        if self.restored is not None and self.verbose:
+            print(f"[{self.name}] resuming from step {self.restored[1]['step']} "
+                  f"({self.checkpointer.path(self.restored[1]['step'])})", flush=True)
+
+    def write_checkpoint(self, step: int, progress: Progress, loop: dict, workers: list,
+                         buffer: Any = None, counts: np.ndarray | None = None) -> str:
+        """Write a checkpoint of everything at ``step`` (the optimizer's side plus worker snapshots)."""
+        state = {"step": int(step), "ranks": 1 if self.topology is None else self.topology.size,
+                 "loop": loop, "progress": progress.state_dict(), "algo": self.algo.extra_state(),
+                 "workers": workers}
+        replay = (buffer, counts) if self.checkpoint_buffer and isinstance(buffer, ReplayBuffer) else None
+        return self.checkpointer.save(step, variables_state(self.algo.state_groups()), state, replay)
+
+    def restore_algo(self, arrays: dict, state: dict, buffer: Any = None) -> None:
+        """Load the algorithm's state (and the replay buffer when the checkpoint has it)."""
+        load_variables_state(self.algo.state_groups(), arrays)
+        self.algo.load_extra_state(state["algo"])
+        path = self.checkpointer.path(state["step"])
+        if isinstance(buffer, ReplayBuffer) and os.path.exists(os.path.join(path, "replay.h5")):
+            load_replay(os.path.join(path, "replay.h5"), buffer)
+
+    def _finish(self, final: dict[str, float], stop: StopRequest) -> None:
+        if stop.requested:
+            self.interrupted = True
+            if self.verbose:
+                print(f"[{self.name}] stopped by {stop.signal_name}; checkpoint written, continue with "
+                      f"resume=True (aquaml train --resume)", flush=True)
+            return
+        self._report(final)
 
     def _run_mpi(self) -> dict[str, float]:
         topo = self.topology
@@ -184,15 +279,18 @@ class RLTaskStarter:
         try:
             if topo.is_optimizer:
                 self._open_run_dir()
-                logger = RunLogger(self.run_dir, self.name, self.params.total_steps, self.tensorboard)
-            final = run_task(self, topo, lambda: Progress(self, logger))
+                logger = self._open_logger()
+            final, stop = run_task(self, topo, lambda: Progress(self, logger))
         except BaseException as exc:  # a dead rank must not leave the others waiting
             report_and_abort(topo.comm, topo.role, exc)
             raise
         finally:
             if logger is not None:
                 logger.close()
-        self._report(final)
+        if topo.is_optimizer:
+            self._finish(final, stop)
+        else:
+            self.interrupted = stop.requested
         return final
 
     def _report(self, final: dict[str, float]) -> None:
@@ -202,25 +300,69 @@ class RLTaskStarter:
                   f"run saved in {self.run_dir}", flush=True)
 
 
-class _TrainingLoop:
+def next_due(steps: int, interval: int) -> float:
+    """The first multiple of ``interval`` after ``steps`` (infinity for interval 0)."""
+    return (steps // interval + 1) * interval if interval else math.inf
+
+
+class _OneProcessLoop:
+    """What both one-process schedules share: a Progress, a StopRequest, checkpoints when due."""
+
+    def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
+        self.s, self.p, self.stop = starter, starter.params, stop
+        self.progress = Progress(starter, logger)
+        self.next_checkpoint = next_due(0, starter.checkpoint_interval)
+
+    def after_step(self, steps: int, finished: bool) -> None:
+        """Checkpoint when one is due, at the end, or when a signal asked the run to stop."""
+        if steps >= self.next_checkpoint or finished or self.stop.requested:
+            self.s.write_checkpoint(steps, self.progress, self.loop_state(), [self.s.worker.state_dict()],
+                                    self.s.buffer)
+            self.next_checkpoint = next_due(steps, self.s.checkpoint_interval)
+
+    def restore(self, arrays: dict, state: dict) -> None:
+        self.s.restore_algo(arrays, state, self.s.buffer)
+        self.s.worker.load_state_dict(state["workers"][0])
+        self.progress.load_state_dict(state["progress"])
+        self.load_loop_state(state["loop"])
+        self.next_checkpoint = next_due(state["step"], self.s.checkpoint_interval)
+
+    def loop_state(self) -> dict:
+        raise NotImplementedError
+
+    def load_loop_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class _TrainingLoop(_OneProcessLoop):
     """One process: act, store and train interleaved, keeping ``replay_ratio`` updates per step."""
 
-    def __init__(self, starter: RLTaskStarter, logger: RunLogger) -> None:
-        self.s, self.p = starter, starter.params
-        self.progress = Progress(starter, logger)
+    def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
+        super().__init__(starter, logger, stop)
         self.rng = np.random.default_rng(self.p.seed + 1)
         self.steps = self.updates = 0
         self._last_burst = 0
+        self.actions: dict | None = None  # the next step's actions, when the last update computed them
 
     def run(self) -> dict[str, float]:
         p, worker = self.p, self.s.worker
-        actions = None
-        while self.steps < p.total_steps:
-            self.progress.add_episodes(worker.step(random=self.steps < p.warmup_steps, actions=actions))
+        while self.steps < p.total_steps and not self.stop.requested:
+            self.progress.add_episodes(worker.step(random=self.steps < p.warmup_steps, actions=self.actions))
             self.steps = worker.steps
-            actions = self._train()
-            self.progress.advance(self.steps, self.updates, finished=self.steps >= p.total_steps)
+            self.actions = self._train()
+            finished = self.steps >= p.total_steps
+            self.progress.advance(self.steps, self.updates, finished=finished)
+            self.after_step(self.steps, finished)
         return self.progress.final
+
+    def loop_state(self) -> dict:
+        return {"steps": self.steps, "updates": self.updates, "last_burst": self._last_burst,
+                "rng": self.rng.bit_generator.state, "actions": self.actions}
+
+    def load_loop_state(self, state: dict) -> None:
+        self.steps, self.updates, self._last_burst = state["steps"], state["updates"], state["last_burst"]
+        self.rng.bit_generator.state = state["rng"]
+        self.actions = state["actions"]
 
     def _train(self) -> dict | None:
         """Run the updates due; return the next step's actions when the last update computed them."""
@@ -243,20 +385,33 @@ class _TrainingLoop:
         return actions
 
 
+class _RolloutLoop(_OneProcessLoop):
+    """One process, on-policy: fill the rollout segment, train on it, repeat.
 
-class _RolloutLoop:
-    """One process, on-policy: fill the rollout segment, train on it, repeat."""
+    A stop request takes effect at the end of the round (a checkpoint mid-round would need the
+    half-filled segment).
+    """
 
-    def __init__(self, starter: RLTaskStarter, logger: RunLogger) -> None:
-        self.s, self.p = starter, starter.params
-        self.progress = Progress(starter, logger)
+    def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
+        super().__init__(starter, logger, stop)
+        self.rounds_done = 0
 
     def run(self) -> dict[str, float]:
         p, worker, algo = self.p, self.s.worker, self.s.algo
         rounds = p.rounds(1)
-        for k in range(rounds):
+        while self.rounds_done < rounds and not self.stop.requested:
             for _ in range(p.rollout_steps):
                 self.progress.add_episodes(worker.step())
             self.progress.add_metrics(algo.train(self.s.buffer.segments()))
-            self.progress.advance(worker.steps, k + 1, finished=k + 1 == rounds)
+            self.rounds_done += 1
+            finished = self.rounds_done == rounds
+            self.progress.advance(worker.steps, self.rounds_done, finished=finished)
+            self.after_step(worker.steps, finished)
         return self.progress.final
+
+    def loop_state(self) -> dict:
+        return {"rounds_done": self.rounds_done}
+
+    def load_loop_state(self, state: dict) -> None:
+        self.rounds_done = state["rounds_done"]
+        self.s.buffer.counters[:] = self.rounds_done * self.p.rollout_steps

@@ -44,3 +44,20 @@ def unique_run_dir(root: str, name: str) -> str:
         candidate = os.path.join(root, f"{name}-{k}")
     os.makedirs(candidate, exist_ok=True)
     return candidate
+
+
+def set_aside_previous(run_dir: str) -> None:
+    """Before a run starts afresh in ``run_dir`` (a resume that found no checkpoint), move what an
+    earlier attempt left there into ``run_dir/previous-<k>/`` rather than overwrite it."""
+    if not os.path.isdir(run_dir):
+        return
+    leftovers = [n for n in os.listdir(run_dir) if not n.startswith("previous-")]
+    if not leftovers:
+        return
+    k = 1
+    while os.path.exists(os.path.join(run_dir, f"previous-{k}")):
+        k += 1
+    target = os.path.join(run_dir, f"previous-{k}")
+    os.makedirs(target)
+    for name in leftovers:
+        os.replace(os.path.join(run_dir, name), os.path.join(target, name))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import pickle
+import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -75,6 +77,39 @@ class Worker:
         self._lengths = np.zeros(len(self.envs), np.int64)
         self.steps = 0
 
+    def state_dict(self) -> dict:
+        """Everything needed to continue stepping exactly from here: counters, RNG state, current
+        observations and episode sums, and the environments themselves (pickled mid-episode).
+
+        An environment that cannot be pickled is recorded as None, with a warning: a run resumed
+        from this state restarts those episodes instead of continuing them.
+        """
+        try:
+            envs = pickle.dumps(self.envs, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001  (any pickling failure means the same thing here)
+            warnings.warn(f"{type(self.envs[0]).__name__} cannot be pickled ({exc}); a resumed run restarts "
+                          "its episodes instead of continuing them", stacklevel=2)
+            envs = None
+        return {"steps": self.steps, "rng": self.rng.bit_generator.state, "envs": envs,
+                "obs": None if self.obs is None else {k: v.copy() for k, v in self.obs.items()},
+                "returns": [dict(r) for r in self._returns], "lengths": self._lengths.copy()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Continue from ``state_dict()``'s result."""
+        self.steps = int(state["steps"])
+        self.rng.bit_generator.state = state["rng"]
+        if state["envs"] is None or state["obs"] is None:
+            self.obs = None  # the next step resets every environment
+            return
+        envs = pickle.loads(state["envs"])
+        if len(envs) != len(self.envs):
+            raise ValueError(f"the checkpoint holds {len(envs)} environments per worker, this run has "
+                             f"{len(self.envs)} (envs_per_worker changed?)")
+        self.envs[:] = envs
+        self.obs = {k: v.copy() for k, v in state["obs"].items()}
+        self._returns = [dict(r) for r in state["returns"]]
+        self._lengths[:] = state["lengths"]
+
     def reset(self) -> None:
         first = [reset_env(env, self.obs_info, self.seed + i) for i, env in enumerate(self.envs)]
         self.obs = {n: np.stack([o[n] for o in first]) for n in self.obs_info.names}
@@ -137,7 +172,7 @@ class Worker:
 
 def evaluate(envs: Sequence[RLBaseEnv], obs_info: DataInfo, policy: Policy, episodes: int, seed: int,
              max_steps: int = 1_000_000) -> dict[str, float]:
-    """Run ``episodes`` deterministic episodes; return mean/std/min/max of return and mean length.
+    """Run ``episodes`` deterministic episodes; return mean/std/min/max of return and of length.
 
     The episodes run in waves of ``len(envs)``, every live environment of a wave acting through
     one batched policy call per step; episode ``k`` is reset with ``seed + k``.
@@ -160,7 +195,8 @@ def evaluate(envs: Sequence[RLBaseEnv], obs_info: DataInfo, policy: Policy, epis
                     del obs[k]
         returns += [total[k] for k in wave]
         lengths += [length[k] for k in wave]
-    r = np.asarray(returns)
+    r, n = np.asarray(returns, np.float64), np.asarray(lengths, np.float64)
     return {"eval/return_mean": float(r.mean()), "eval/return_std": float(r.std()),
             "eval/return_min": float(r.min()), "eval/return_max": float(r.max()),
-            "eval/length_mean": float(np.mean(lengths))}
+            "eval/length_mean": float(n.mean()), "eval/length_std": float(n.std()),
+            "eval/length_min": float(n.min()), "eval/length_max": float(n.max())}

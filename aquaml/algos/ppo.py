@@ -22,7 +22,7 @@ from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
                                   gaussian_log_prob)
-from aquaml.model import ModelContractError, ModelSpec, is_discrete_action, save_models
+from aquaml.model import ModelContractError, ModelSpec, is_discrete_action, model_state_groups, save_models
 from aquaml.normalizer import RunningMeanStd
 
 
@@ -358,6 +358,27 @@ class PPO:
     def reseed_noise(self, seed: int) -> None:
         """Restart the sampling noise stream (each worker rank gets its own)."""
         self.noise.reset_from_seed(seed)
+
+    def state_groups(self) -> dict[str, list]:
+        """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""
+        groups = model_state_groups(self.models)
+        groups["noise"] = [self.noise.state]
+        if self.log_std is not None:
+            groups["log_std"] = [self.log_std]
+        for n in self.norm_names:
+            groups[f"obs_norm/{n}"] = [self.norm_mean[n], self.norm_var[n]]
+        return groups
+
+    def extra_state(self) -> dict[str, Any]:
+        """State that is not a variable: minibatch shuffling RNG, rounds trained, normaliser sums."""
+        return {"rng": self.rng.bit_generator.state, "rounds_done": self.rounds_done,
+                "obs_rms": {n: rms.state() for n, rms in self.obs_rms.items()}}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.rounds_done = int(state["rounds_done"])
+        for n, rms in self.obs_rms.items():
+            rms.load(state["obs_rms"][n])
 
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``ppo_state.npz``, each atomically."""

@@ -20,7 +20,7 @@ from aquaml.algos.params import SACParameters
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
-from aquaml.model import ModelSpec, save_models
+from aquaml.model import ModelSpec, model_state_groups, save_models
 
 
 def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -243,6 +243,23 @@ class SAC:
     def reseed_noise(self, seed: int) -> None:
         """Restart the exploration noise stream (each worker rank gets its own)."""
         self.noise.reset_from_seed(seed)
+
+    def state_groups(self) -> dict[str, list]:
+        """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""
+        groups = model_state_groups(self.models)
+        groups.update({f"target/{k}": list(t.weights) for k, t in self.targets.items()})
+        groups["alpha"] = [self.log_alpha] + list(self.alpha_optimizer.variables)
+        groups["noise"] = [self.noise.state]
+        if self.log_std is not None:
+            groups["log_std"] = [self.log_std]
+        return groups
+
+    def extra_state(self) -> dict[str, Any]:
+        """State that is not a variable (none for SAC)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        pass
 
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``sac_state.npz``, each atomically."""

@@ -30,16 +30,22 @@ def install_abort_hook(comm: Any, role: str) -> None:
 
 
 class StopRequest:
-    """Turns SIGTERM and SIGINT into a flag that the training loops check between steps."""
+    """Turns SIGTERM and SIGINT into a flag that the training loops check between steps, so a run
+    stops at a clean point and writes a checkpoint. A second signal raises KeyboardInterrupt at
+    once (for a run stuck inside an environment step)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal_name: str | None = None
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -27,14 +27,24 @@ from aquaml.parallel.failure import StopRequest
 from aquaml.parallel.mpi import POLL_SECONDS, Backoff, sleepy_barrier
 from aquaml.parallel.shared import SharedArrayStore
 from aquaml.parallel.topology import Topology
-from aquaml.parallel.transport import (EPISODE_INFO, TransitionReceiver, TransitionSender, WeightSender,
-                                       receive_weights)
+from aquaml.parallel.transport import (EPISODE_INFO, SnapshotSender, TransitionReceiver, TransitionSender,
+                                       WeightSender, receive_restore, receive_snapshots, receive_weights,
+                                       send_restore)
 from aquaml.parallel.weights import WeightStore
 from aquaml.worker import EpisodeStats, Worker
 
 # control block: [updates, stop, done(worker 0), done(worker 1), ...]
 UPDATES, STOP, DONE = 0, 1, 2
 EPISODE_RING = 1024
+#: The mark of a snapshot sent by a worker that stopped on a signal before its quota.
+STOP_MARK = 1 << 40
+
+
+def async_marks(total_steps: int, interval: int) -> list[int]:
+    """Total step counts at which an asynchronous run checkpoints (the last one is the end)."""
+    if not interval:
+        return [total_steps]
+    return [min(c * interval, total_steps) for c in range(1, -(-total_steps // interval) + 1)]
 
 
 def share(total: int, workers: int, index: int) -> int:
@@ -73,6 +83,32 @@ class OptimizerRole:
         self.receiver = TransitionReceiver(topo.comm, state.buffer.info, state.buffer, self._remote_episodes) \
             if remote else None
         self.weight_sender = WeightSender(topo.comm, topo.remote_leaders) if topo.remote_leaders else None
+        self.snapshots: dict[int, tuple[int, dict]] = {}  # worker index -> its newest (mark, state)
+        self.rounds_done = 0
+        self.checkpointed_at = -1  # the step of the newest checkpoint written by this process
+
+    def restore(self, restored: tuple[dict, dict] | None) -> None:
+        """Continue from a checkpoint (or start afresh): this rank's state, then each worker's."""
+        states: list[dict | None] = [None] * self.topo.num_workers
+        if restored is not None:
+            arrays, state = restored
+            self.s.restore_algo(arrays, state, self.state.buffer)
+            self.progress.load_state_dict(state["progress"])
+            loop = state["loop"]
+            self.updates = loop["updates"]
+            self.state.control[UPDATES] = self.updates
+            self.rng.bit_generator.state = loop["rng"]
+            self.rounds_done = loop.get("rounds_done", 0)
+            if self.s.algo.schedule == "sync":
+                self.state.buffer.counters[:] = self.rounds_done * self.p.rollout_steps
+            states = state["workers"]
+            self.checkpointed_at = state["step"]
+        send_restore(self.topo.comm, states)
+
+    def checkpoint(self, step: int, workers: list[dict], counts: np.ndarray | None = None) -> None:
+        loop = {"updates": self.updates, "rng": self.rng.bit_generator.state, "rounds_done": self.rounds_done}
+        self.s.write_checkpoint(step, self.progress, loop, workers, self.state.buffer, counts)
+        self.checkpointed_at = step
 
     def _remote_episodes(self, worker: int, columns: dict) -> None:
         self.progress.add_episodes(_episode_stats(columns))
@@ -97,37 +133,69 @@ class OptimizerRole:
         if self.receiver is not None:
             self.receiver.poll()
         self._drain_local_episodes()
+        receive_snapshots(self.topo.comm, self.snapshots)
+
+    def _marks(self) -> list[int]:
+        return [self.snapshots[w][0] if w in self.snapshots else 0 for w in range(self.topo.num_workers)]
+
+    def _wait_for_marks(self, least: int) -> None:
+        """Sleep until every worker's newest snapshot has a mark of at least ``least``."""
+        backoff = Backoff()
+        while min(self._marks()) < least:
+            self._poll()
+            backoff.sleep()
 
     def run(self) -> dict[str, float]:
         return self._run_sync() if self.s.algo.schedule == "sync" else self._run_async()
 
     def _run_sync(self) -> dict[str, float]:
+        """PPO's rounds. Every worker snapshots itself at the end of each round, so the state after
+        any trained round can be checkpointed: when due, at the end, or on a stop request."""
         p, buffer = self.p, self.state.buffer
         rounds = p.rounds(self.topo.num_workers)
         per_round = p.rollout_steps * p.envs_per_worker * self.topo.num_workers
-        self.publish(force=True)
-        steps, backoff = 0, Backoff()
-        for k in range(rounds):
+        first = self.rounds_done
+        self.state.weights.publish_flat(self.state.weights.flatten(self.s.algo.actor_weights()), first + 1)
+        if self.weight_sender is not None:
+            self.weight_sender.send(self.state.weights.read_flat(0)[1], first + 1, self.updates, stop=False,
+                                    force=True)
+        interval = self.s.checkpoint_interval
+        steps, backoff = first * per_round, Backoff()
+        next_checkpoint = (steps // interval + 1) * interval if interval else math.inf
+        round_states: list[dict] | None = None
+        for k in range(first, rounds):
             backoff.reset()
             while not buffer.complete(k + 1) and not self.stop.requested:
                 self._poll()
                 backoff.sleep()
             if self.stop.requested:
                 break
+            self._wait_for_marks(k + 1)  # sent right after each worker's last step of the round
+            round_states = [self.snapshots[w][1] for w in range(self.topo.num_workers)]
             self._poll()
             self.progress.add_metrics(self.s.algo.train(buffer.segments()))
-            self.updates = k + 1
+            self.updates = self.rounds_done = k + 1
             self.state.control[UPDATES] = self.updates
             steps = (k + 1) * per_round
-            if k + 1 < rounds:
+            finished = k + 1 == rounds
+            if not finished:
                 self.publish(force=True)  # every version must reach every node: workers wait for it
-                self.progress.advance(steps, self.updates)
-        self.progress.advance(steps, self.updates, finished=True)
+            self.progress.advance(steps, self.updates, finished=finished)
+            if steps >= next_checkpoint or finished:
+                self.checkpoint(steps, round_states)
+                next_checkpoint = (steps // interval + 1) * interval if interval else math.inf
+        if self.stop.requested and round_states is not None and self.checkpointed_at < steps:
+            self.checkpoint(steps, round_states)  # the state after the last trained round
         return self.progress.final
 
     def _run_async(self) -> dict[str, float]:
+        """SAC's free-running schedule. Worker ``w`` snapshots itself when its steps reach its share
+        of each checkpoint mark; once every worker has, the optimizer writes the checkpoint with
+        the replay buffer cut at the snapshotted counts."""
         p, buffer, control = self.p, self.state.buffer, self.state.control
         self.publish(force=True)
+        marks = async_marks(p.total_steps, self.s.checkpoint_interval)
+        written = sum(1 for m in marks if m <= max(self.checkpointed_at, 0))
         total = 0
         while not self.stop.requested:
             self._poll()
@@ -146,21 +214,42 @@ class OptimizerRole:
                 time.sleep(POLL_SECONDS)
             if total < p.total_steps:  # the last epoch's row is written once, with the final evaluation
                 self.progress.advance(total, self.updates)
+                reached = min(self._marks())
+                if written < len(marks) - 1 and reached > written:
+                    written = min(reached, len(marks) - 1)
+                    self._checkpoint_snapshots()
         self._drain_local_episodes()
+        if self.stop.requested:
+            self.stop_workers()
+            self._wait_for_marks(len(marks))  # every worker's last snapshot (final or stopped)
+            self._checkpoint_snapshots()
+            return self.progress.final
         self.progress.advance(total, self.updates, finished=True)
+        self._wait_for_marks(len(marks))
+        self._checkpoint_snapshots()
         return self.progress.final
 
-    def finish(self) -> None:
-        """Tell every worker to stop (shared flag here, a message to other nodes' leaders)."""
+    def _checkpoint_snapshots(self) -> None:
+        states = [self.snapshots[w][1] for w in range(self.topo.num_workers)]
+        counts = np.array([st["worker"]["steps"] for st in states], np.int64)
+        self.checkpoint(int(counts.sum()), states, counts)
+
+    def stop_workers(self) -> None:
+        """Raise the stop flag on every node (workers leave their loops and report)."""
         self.state.store.fence()
         self.state.control[STOP] = 1
         self.state.store.fence()
         if self.weight_sender is not None:
             flat = self.state.weights.read_flat(0)[1]
             self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=True, force=True)
+
+    def finish(self) -> None:
+        """Tell every worker to stop (shared flag here, a message to other nodes' leaders)."""
+        self.stop_workers()
+        if self.weight_sender is not None:
             self.weight_sender.wait()
-        while self.receiver is not None and not self._all_done():
-            self.receiver.poll()  # stopped early: take the workers' last messages so their sends complete
+        while not self._all_done():
+            self._poll()  # stopped early: take the workers' last messages so their sends complete
             time.sleep(POLL_SECONDS)
 
 
@@ -189,6 +278,36 @@ class WorkerRole:
                              slice_index=w, seed=self.p.seed + 1000 * (w + 1))
         starter.algo.reseed_noise(self.p.seed + 7919 + 104_729 * (w + 1))
         self.version = 0
+        self.snapshot_sender = SnapshotSender(topo.comm)
+        # async: the steps at which this worker snapshots itself, its share of each checkpoint mark
+        self.thresholds = [share(m, topo.num_workers, w)
+                           for m in async_marks(self.p.total_steps, starter.checkpoint_interval)]
+        self.marks_sent = 0
+
+    def restore(self, state: dict | None) -> None:
+        """Continue from this worker's snapshot in a checkpoint (None: start afresh)."""
+        if state is None:
+            return
+        self.worker.load_state_dict(state["worker"])
+        self.s.algo.noise.state.assign(state["noise"])
+        self.marks_sent = sum(1 for t in self.thresholds if t <= self.worker.steps)
+
+    def snapshot(self) -> dict:
+        return {"worker": self.worker.state_dict(), "noise": self.s.algo.noise.state.numpy()}
+
+    def _maybe_snapshot(self) -> None:
+        """After a step: snapshot at the end of a round (sync) or on reaching a mark (async)."""
+        steps = self.worker.steps
+        if self.sync:
+            if steps % self.round_steps == 0:
+                self.snapshot_sender.send(steps // self.round_steps, self.snapshot())
+            return
+        crossed = sum(1 for t in self.thresholds if t <= steps)
+        if crossed > self.marks_sent:
+            if self.sender is not None:
+                self.sender.flush()  # the transitions before the snapshot travel first
+            self.marks_sent = crossed
+            self.snapshot_sender.send(crossed, self.snapshot())
 
     def _allowed_steps(self) -> int:
         if self.sync:  # round k runs on weights version k + 1 (a version per finished round)
@@ -242,6 +361,13 @@ class WorkerRole:
             episodes = worker.step(random=random)
             if episodes:
                 self._record(episodes)
+            self._maybe_snapshot()
+            self.snapshot_sender.progress()
+        if not self.sync and worker.steps < self.quota:  # stopped early: report where it stopped
+            if self.sender is not None:
+                self.sender.flush()
+            self.snapshot_sender.send(STOP_MARK, self.snapshot())
+        self.snapshot_sender.wait()
         if self.sender is not None:
             self.sender.flush(done=True)
             self.sender.wait()
@@ -260,21 +386,25 @@ class WorkerRole:
             "length": np.array([e.length for e in episodes], np.int64)})
 
 
-def run_task(starter: Any, topo: Topology, progress_factory: Any) -> dict[str, float]:
-    """Run one task on every rank of ``topo``; the optimizer returns its final evaluation."""
+def run_task(starter: Any, topo: Topology, progress_factory: Any) -> tuple[dict[str, float], StopRequest]:
+    """Run one task on every rank of ``topo``; the optimizer returns its final evaluation (and
+    every rank its StopRequest, which says whether a signal cut the run short)."""
     stop = StopRequest()
     state = NodeState(topo, starter.algo, [w.shape for w in starter.algo.actor_weights()])
     try:
         if topo.is_optimizer:
             role = OptimizerRole(starter, topo, state, progress_factory(), stop)
+            role.restore(starter.restored)
             final = role.run()
             starter.algo.save(starter.models_dir)
             role.finish()
         else:
-            WorkerRole(starter, topo, state, stop).run()
+            worker = WorkerRole(starter, topo, state, stop)
+            worker.restore(receive_restore(topo.comm))
+            worker.run()
             final = {}
         sleepy_barrier(topo.comm)
     finally:
         stop.restore()
     state.close()
-    return final
+    return final, stop

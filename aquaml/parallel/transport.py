@@ -1,16 +1,18 @@
 """Between nodes: transitions go to the optimizer and weights come back, as contiguous byte buffers.
 
 A message is one uint8 array: an int64 header, then each column's bytes in DataInfo order. Nothing
-is pickled. Sends are non-blocking; completions and receives are polled with sleeps in between.
+on the data path is pickled (checkpoint snapshots, at the end of this file, are). Sends are
+non-blocking; completions and receives are polled with sleeps in between.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping
 
 import numpy as np
 
 from aquaml.data import DataInfo
-from aquaml.parallel.mpi import mpi, sleepy_wait
+from aquaml.parallel.mpi import POLL_SECONDS, mpi, sleepy_wait
 
 TAG_TRANSITIONS = 71
 TAG_WEIGHTS = 72
@@ -157,3 +159,53 @@ def receive_weights(comm: Any) -> tuple[int, int, bool, np.ndarray] | None:
         return None
     version, updates, stop = (int(v) for v in latest[:24].view(np.int64))
     return version, updates, bool(stop), latest[24:].view(np.float32)
+
+
+# --- checkpoint snapshots: rare, small-to-medium Python objects (a worker's pickled environments,
+# its RNG states and counters), so pickled messages are the simple and adequate tool here ----------
+TAG_SNAPSHOT = 73
+TAG_RESTORE = 74
+
+
+class SnapshotSender:
+    """A worker's snapshots on their way to the optimizer, sent without blocking the worker."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self._pending: list = []
+
+    def send(self, mark: int, state: dict) -> None:
+        self._pending.append(self.comm.isend((mark, state), dest=0, tag=TAG_SNAPSHOT))
+        self.progress()
+
+    def progress(self) -> None:
+        """Let MPI move pending sends along (a large message needs the sender's attention too)."""
+        self._pending = [r for r in self._pending if not r.Test()]
+
+    def wait(self) -> None:
+        for request in self._pending:
+            sleepy_wait(request)
+        self._pending = []
+
+
+def receive_snapshots(comm: Any, into: dict[int, tuple[int, dict]]) -> None:
+    """Move every snapshot that has arrived into ``into[worker index] = (mark, state)`` (newest wins)."""
+    MPI = mpi()
+    status = MPI.Status()
+    while comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_SNAPSHOT, status=status):
+        source = status.Get_source()
+        into[source - 1] = comm.recv(source=source, tag=TAG_SNAPSHOT)
+
+
+def send_restore(comm: Any, states: list[dict | None]) -> None:
+    """From the optimizer: each worker's state to start from (None: start afresh)."""
+    requests = [comm.isend(state, dest=w + 1, tag=TAG_RESTORE) for w, state in enumerate(states)]
+    for request in requests:
+        sleepy_wait(request)
+
+
+def receive_restore(comm: Any) -> dict | None:
+    """On a worker: the state ``send_restore`` sent it, waiting without spinning."""
+    while not comm.iprobe(source=0, tag=TAG_RESTORE):
+        time.sleep(POLL_SECONDS)
+    return comm.recv(source=0, tag=TAG_RESTORE)

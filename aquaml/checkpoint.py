@@ -1,0 +1,273 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped, written so that a crash
+at any moment leaves either the previous checkpoint or the new one, never half of one.
+
+A checkpoint is a directory ``checkpoints/step_<000000012000>/`` holding
+
+- ``algo.npz``: every variable of the algorithm (model and target weights, optimizer slots and
+  iteration counters, temperature, ``log_std``, sampling-noise generator state, normaliser stats);
+- ``state.pkl``: counters, numpy RNG states, progress bookkeeping and one snapshot per worker
+  (its environments pickled mid-episode, its RNG and noise streams, its current observations);
+- ``replay.h5`` (optional): the replay buffer's filled rows per worker slice, compressed;
+- ``MANIFEST.json``, written last: size and SHA-256 of every other file.
+
+It is assembled in a temporary directory beside the others and renamed into place, so a reader
+never sees a partial one. On resume, the newest checkpoint whose manifest checks out is used; a
+damaged or partial one is skipped with a warning naming what is wrong. ``state.pkl`` is a pickle:
+load checkpoints only from runs you trust, as with any pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+MANIFEST = "MANIFEST.json"
+FORMAT_VERSION = 1
+_PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: missing, damaged, or from an incompatible run."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_replay(path: str, buffer: Any, counts: np.ndarray | None = None) -> None:
+    """Write each slice's rows, oldest first, to an HDF5 file (gzip-compressed, chunked).
+
+    ``counts`` caps each slice's counter (a worker's snapshot may predate rows written since);
+    rows overwritten in a ring that wrapped since are not saved.
+    """
+    import h5py
+    now = buffer.counters.copy()
+    counts = now if counts is None else np.minimum(np.asarray(counts, np.int64), now)
+    cap = buffer.slice_capacity
+    with h5py.File(path, "w") as f:
+        f.attrs["counters"] = counts
+        f.attrs["slice_capacity"] = cap
+        for s in range(buffer.num_slices):
+            oldest_valid = max(int(counts[s]) - cap, int(now[s]) - cap, 0)
+            rows = np.arange(oldest_valid, int(counts[s])) % cap
+            group = f.create_group(f"slice_{s}")
+            group.attrs["first"] = oldest_valid
+            for name, array in buffer.arrays.items():
+                data = array[s, rows]
+                chunks = (min(max(len(data), 1), 4096),) + data.shape[1:]
+                group.create_dataset(name, data=data, compression="gzip", compression_opts=1,
+                                     chunks=chunks if len(data) else None)
+
+
+def load_replay(path: str, buffer: Any) -> None:
+    """Refill ``buffer`` (same layout as when saved) from ``save_replay``'s file."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        counts = np.asarray(f.attrs["counters"], np.int64)
+        if len(counts) != buffer.num_slices or int(f.attrs["slice_capacity"]) != buffer.slice_capacity:
+            raise CheckpointError(f"{path}: replay buffer of {len(counts)} slices x {int(f.attrs['slice_capacity'])} "
+                                  f"rows, but this run has {buffer.num_slices} x {buffer.slice_capacity}")
+        for s in range(buffer.num_slices):
+            group = f[f"slice_{s}"]
+            first = int(group.attrs["first"])
+            rows = np.arange(first, int(counts[s])) % buffer.slice_capacity
+            for name, array in buffer.arrays.items():
+                array[s, rows] = group[name][...]
+        buffer.store.fence()
+        buffer.counters[:] = counts
+
+
+class Checkpointer:
+    """Writes, prunes and finds the checkpoints of one run directory.
+
+    Args:
+        run_dir: the run's directory; checkpoints go to ``run_dir/checkpoints``.
+        keep: how many of the newest checkpoints to keep (older ones are deleted after a new one
+            is complete).
+    """
+
+    def __init__(self, run_dir: str, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
+        self.root = os.path.join(run_dir, "checkpoints")
+        self.keep = keep
+        self.last_seconds = 0.0
+        self.last_bytes = 0
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.root, f"{_PREFIX}{step:012d}")
+
+    def save(self, step: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any],
+             replay: tuple[Any, np.ndarray | None] | None = None) -> str:
+        """Write the checkpoint for ``step`` atomically; returns its path. Prunes old ones after."""
+        t0 = time.perf_counter()
+        os.makedirs(self.root, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{_PREFIX}{step:012d}-", dir=self.root)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise stay on the checkpoint
+        try:
+            with open(os.path.join(tmp, "algo.npz"), "wb") as f:
+                np.savez(f, **arrays)
+            with open(os.path.join(tmp, "state.pkl"), "wb") as f:
+                pickle.dump(dict(state), f, protocol=pickle.HIGHEST_PROTOCOL)
+            if replay is not None:
+                save_replay(os.path.join(tmp, "replay.h5"), *replay)
+            files = {}
+            for name in sorted(os.listdir(tmp)):
+                full = os.path.join(tmp, name)
+                with open(full, "rb+") as f:
+                    os.fsync(f.fileno())
+                files[name] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+            manifest = {"format": FORMAT_VERSION, "step": int(step), "files": files, "written": time.time()}
+            with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            final = self.path(step)
+            if os.path.exists(final):  # the same step again (e.g. resumed at it): replace it whole
+                old = tempfile.mkdtemp(prefix=".old-", dir=self.root)
+                os.replace(final, os.path.join(old, "c"))
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.last_seconds = time.perf_counter() - t0
+        self.last_bytes = sum(v["bytes"] for v in files.values())
+        self._prune()
+        return final
+
+    def steps(self) -> list[int]:
+        """Steps of the checkpoint directories present (valid or not), oldest first."""
+        if not os.path.isdir(self.root):
+            return []
+        found = []
+        for name in os.listdir(self.root):
+            if name.startswith(_PREFIX) and name[len(_PREFIX):].isdigit():
+                found.append(int(name[len(_PREFIX):]))
+        return sorted(found)
+
+    def _prune(self) -> None:
+        for step in self.steps()[:-self.keep]:
+            shutil.rmtree(self.path(step), ignore_errors=True)
+        for name in os.listdir(self.root):  # leftovers of writes that were killed
+            if name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    @staticmethod
+    def verify(path: str) -> dict:
+        """Return the manifest of a complete, undamaged checkpoint; raise CheckpointError otherwise."""
+        manifest_path = os.path.join(path, MANIFEST)
+        try:
+            with open(manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no {MANIFEST} (the write did not finish)") from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable {MANIFEST} ({exc})") from None
+        if manifest.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        for name, want in manifest["files"].items():
+            full = os.path.join(path, name)
+            if not os.path.exists(full):
+                raise CheckpointError(f"{path}: {name} is missing")
+            size = os.path.getsize(full)
+            if size != want["bytes"]:
+                raise CheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['bytes']}")
+            if _sha256(full) != want["sha256"]:
+                raise CheckpointError(f"{path}: {name} does not match its checksum")
+        return manifest
+
+    def latest(self) -> str | None:
+        """The newest valid checkpoint, warning about each newer one that is damaged; None if none."""
+        for step in reversed(self.steps()):
+            path = self.path(step)
+            try:
+                self.verify(path)
+                return path
+            except CheckpointError as exc:
+                warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
+        return None
+
+    @staticmethod
+    def load(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays and the state of a verified checkpoint."""
+        with np.load(os.path.join(path, "algo.npz")) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        with open(os.path.join(path, "state.pkl"), "rb") as f:
+            state = pickle.load(f)
+        return arrays, state
+
+
+def variables_state(groups: Mapping[str, list]) -> dict[str, np.ndarray]:
+    """Flatten named lists of variables into ``{'group/i': array}``."""
+    return {f"{g}/{i}": np.asarray(v.numpy()) for g, variables in groups.items() for i, v in enumerate(variables)}
+
+
+def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.ndarray]) -> None:
+    """Assign ``variables_state`` arrays back, checking every count and shape first."""
+    for g, variables in groups.items():
+        have = sum(1 for k in arrays if k.rsplit("/", 1)[0] == g)
+        if have != len(variables):
+            raise CheckpointError(f"checkpoint holds {have} arrays for {g!r}, this run has {len(variables)} "
+                                  "(were the models changed since the checkpoint?)")
+        for i, v in enumerate(variables):
+            value = arrays[f"{g}/{i}"]
+            if tuple(value.shape) != tuple(v.shape):
+                raise CheckpointError(f"checkpoint {g}/{i} has shape {value.shape}, this run's variable "
+                                      f"{getattr(v, 'path', getattr(v, 'name', ''))} has {tuple(v.shape)}")
+    for g, variables in groups.items():
+        for i, v in enumerate(variables):
+            v.assign(arrays[f"{g}/{i}"])
+
+
+#: Parameters a resumed run may change: how long it trains, and how it reports.
+RESUMABLE_CHANGES = ("total_steps", "display_interval", "calculate_episodes")
+
+
+def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: str) -> None:
+    """Raise CheckpointError unless the task being started is the one ``saved`` (its config.json) describes.
+
+    Only ``RESUMABLE_CHANGES`` may differ; everything else (algorithm, specs, parameters, model
+    inputs, rank count) must match, because the checkpoint's state only fits that task.
+    """
+    problems = []
+    for key in ("algo", "obs_info", "action_info", "ranks"):
+        if saved.get(key) != current.get(key):
+            problems.append(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}")
+    old, new = saved.get("parameters", {}), current.get("parameters", {})
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
+            problems.append(f"parameters.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    old_models = {k: v.get("input_name") for k, v in saved.get("models", {}).items()}
+    new_models = {k: v.get("input_name") for k, v in current.get("models", {}).items()}
+    if old_models != new_models:
+        problems.append(f"models (role: input names): checkpoint {old_models}, now {new_models}")
+    if problems:
+        raise CheckpointError(f"cannot resume {run_dir}: this task differs from the one checkpointed "
+                              "(only " + ", ".join(RESUMABLE_CHANGES) + " may change):\n  " + "\n  ".join(problems))
