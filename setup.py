@@ -9,11 +9,13 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["aquaml", "aquaml.*"]),
     python_requires=">=3.10",
+    entry_points={"console_scripts": ["aquaml = aquaml.cli:main"]},
     install_requires=[
         "numpy>=1.23",
         "gymnasium>=1.0",
         "h5py>=3.8",
         "seaborn>=0.12",
+        "pandas>=1.5",
         "tensorboard>=2.16",
     ],
     extras_require={

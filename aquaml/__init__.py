@@ -3,8 +3,12 @@
 Public API (names kept from the reference AquaML)::
 
     from aquaml import DataInfo, RLBaseEnv, GymnasiumEnv, RLBaseModel, RLTaskStarter, SAC, SACParameters
-    from aquaml import PPO, PPOParameters
+    from aquaml import PPO, PPOParameters, load_policy, save_data, load_data
+
+Names are imported on first use, so ``import aquaml`` (and ``aquaml --help``) does not start
+TensorFlow; the first model, environment spec or starter does.
 """
+import importlib as _importlib
 import os as _os
 
 # TensorFlow prints hardware notes at import; keep them out of training logs unless asked for.
@@ -12,14 +16,35 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-from aquaml.data import DataInfo, SpecError  # noqa: E402
-from aquaml.env import GymnasiumEnv, RLBaseEnv  # noqa: E402
-from aquaml.model import ModelContractError, RLBaseModel  # noqa: E402
-from aquaml.algos import (PPO, PPO_parameter, PPOParameters, SAC, SAC2, SAC2_parameter,  # noqa: E402
-                          SACParameters)
-from aquaml.parallel.devices import allocate_gpu  # noqa: E402
-from aquaml.starter import RLTaskStarter  # noqa: E402
+_EXPORTS = {
+    "DataInfo": "aquaml.data", "SpecError": "aquaml.data",
+    "RLBaseEnv": "aquaml.env", "GymnasiumEnv": "aquaml.env",
+    "RLBaseModel": "aquaml.model", "ModelContractError": "aquaml.model",
+    "SAC": "aquaml.algos", "SAC2": "aquaml.algos", "SACParameters": "aquaml.algos",
+    "SAC2_parameter": "aquaml.algos", "PPO": "aquaml.algos", "PPOParameters": "aquaml.algos",
+    "PPO_parameter": "aquaml.algos",
+    "allocate_gpu": "aquaml.parallel.devices",
+    "RLTaskStarter": "aquaml.starter",
+    "CheckpointError": "aquaml.checkpoint",
+    "default_models": "aquaml.defaults",
+    "export_policy": "aquaml.export", "load_policy": "aquaml.export",
+    "Trajectories": "aquaml.datasets", "record_policy": "aquaml.datasets", "save_data": "aquaml.datasets",
+    "load_data": "aquaml.datasets", "trajectories_from_buffer": "aquaml.datasets",
+    "behaviour_cloning": "aquaml.datasets",
+    "plot_runs": "aquaml.plotting",
+}
 
-__all__ = ["DataInfo", "SpecError", "RLBaseEnv", "GymnasiumEnv", "RLBaseModel", "ModelContractError",
-           "RLTaskStarter", "allocate_gpu", "SAC", "SAC2", "SACParameters", "SAC2_parameter",
-           "PPO", "PPOParameters", "PPO_parameter", "__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aquaml' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -24,6 +24,7 @@ from aquaml.checkpoint import (Checkpointer, check_resumable, load_replay, load_
                                variables_state)
 from aquaml.data import DataInfo
 from aquaml.env import GymnasiumEnv, RLBaseEnv
+from aquaml.export import export_policy
 from aquaml.logger import RunLogger
 from aquaml.model import build_models
 from aquaml.parallel.devices import limit_tf_threads
@@ -97,6 +98,8 @@ class RLTaskStarter:
             of SAC; off-policy runs resumed without it refill the buffer from scratch).
         resume: continue the run ``<run_root>/<name>`` from its newest valid checkpoint (damaged
             ones are skipped with a warning); without a checkpoint there, start it afresh.
+        config_extra: more entries for the run's config.json (the ``aquaml`` command records its
+            flags there, so ``aquaml export`` can rebuild the models).
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
@@ -107,7 +110,8 @@ class RLTaskStarter:
                  algo_hyperparameter: Any = None, mpi_comm: Any = None, name: str | None = None,
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
                  verbose: bool = True, tensorboard: bool = True, checkpoint_interval: int | None = None,
-                 keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False) -> None:
+                 keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False,
+                 config_extra: Mapping[str, Any] | None = None) -> None:
         algo = SAC if algo is None else algo
         if not (isinstance(algo, type) and hasattr(algo, "required_models")):
             raise TypeError(f"algo must be an aquaml algorithm class such as SAC or PPO, got {algo!r}")
@@ -162,6 +166,7 @@ class RLTaskStarter:
         self.run_dir: str | None = None
         self.model_classes = {k: getattr(v, "__name__", repr(v)) for k, v in model_class_dict.items()}
         self.env_id = env if isinstance(env, str) else None
+        self.config_extra = dict(config_extra or {})
         self.interrupted = False
         self.checkpointer: Checkpointer | None = None
         self.restored: tuple[dict, dict] | None = None
@@ -189,7 +194,7 @@ class RLTaskStarter:
                 "ranks": 1 if self.topology is None else self.topology.size, "versions": _versions(),
                 "command": sys.argv, "env_id": self.env_id,
                 "checkpoints": {"interval": self.checkpoint_interval, "keep": self.keep_checkpoints,
-                                "buffer": self.checkpoint_buffer}}
+                                "buffer": self.checkpoint_buffer}, **self.config_extra}
 
     @property
     def models_dir(self) -> str:
@@ -221,9 +226,14 @@ class RLTaskStarter:
         finally:
             stop.restore()
             logger.close()
-        self.algo.save(models_dir)
+        self.save_final()
         self._finish(final, stop)
         return final
+
+    def save_final(self) -> None:
+        """The trained models (``models/``) and the deployable policy (``policy/``), each atomically."""
+        self.algo.save(self.models_dir)
+        export_policy(self.algo, os.path.join(self.run_dir, "policy"), self.env_id)
 
     def _open_logger(self) -> RunLogger:
         resume_step = elapsed = None

@@ -38,6 +38,8 @@ UPDATES, STOP, DONE = 0, 1, 2
 EPISODE_RING = 1024
 #: The mark of a snapshot sent by a worker that stopped on a signal before its quota.
 STOP_MARK = 1 << 40
+#: How often the optimizer looks for worker snapshots while it trains or waits for data.
+SNAPSHOT_POLL_SECONDS = 0.02
 
 
 def async_marks(total_steps: int, interval: int) -> list[int]:
@@ -86,6 +88,8 @@ class OptimizerRole:
         self.snapshots: dict[int, tuple[int, dict]] = {}  # worker index -> its newest (mark, state)
         self.rounds_done = 0
         self.checkpointed_at = -1  # the step of the newest checkpoint written by this process
+        self._last_snapshot_poll = -math.inf
+        self._new_snapshots = False
 
     def restore(self, restored: tuple[dict, dict] | None) -> None:
         """Continue from a checkpoint (or start afresh): this rank's state, then each worker's."""
@@ -133,7 +137,10 @@ class OptimizerRole:
         if self.receiver is not None:
             self.receiver.poll()
         self._drain_local_episodes()
-        receive_snapshots(self.topo.comm, self.snapshots)
+        now = time.monotonic()
+        if now - self._last_snapshot_poll >= SNAPSHOT_POLL_SECONDS:  # rare messages: no need to probe often
+            self._last_snapshot_poll = now
+            self._new_snapshots |= receive_snapshots(self.topo.comm, self.snapshots) > 0
 
     def _marks(self) -> list[int]:
         return [self.snapshots[w][0] if w in self.snapshots else 0 for w in range(self.topo.num_workers)]
@@ -143,6 +150,7 @@ class OptimizerRole:
         backoff = Backoff()
         while min(self._marks()) < least:
             self._poll()
+            self._new_snapshots |= receive_snapshots(self.topo.comm, self.snapshots) > 0
             backoff.sleep()
 
     def run(self) -> dict[str, float]:
@@ -196,12 +204,13 @@ class OptimizerRole:
         self.publish(force=True)
         marks = async_marks(p.total_steps, self.s.checkpoint_interval)
         written = sum(1 for m in marks if m <= max(self.checkpointed_at, 0))
-        total = 0
+        total, backoff = 0, Backoff()
         while not self.stop.requested:
             self._poll()
             total = int(buffer.counters.sum())
             due = int((total - p.learning_starts) * p.replay_ratio) - self.updates if total >= p.learning_starts else 0
             if due > 0:
+                backoff.reset()
                 metrics = self.s.algo.update(buffer.sample(p.batch_size, self.rng))
                 self.progress.add_metrics(metrics.numpy())
                 self.updates += 1
@@ -210,14 +219,16 @@ class OptimizerRole:
                     self.publish()
             elif self._all_done():
                 break
-            else:
-                time.sleep(POLL_SECONDS)
+            else:  # waiting for transitions: short waits stay short, long ones wake less often
+                backoff.sleep()
             if total < p.total_steps:  # the last epoch's row is written once, with the final evaluation
                 self.progress.advance(total, self.updates)
-                reached = min(self._marks())
-                if written < len(marks) - 1 and reached > written:
-                    written = min(reached, len(marks) - 1)
-                    self._checkpoint_snapshots()
+                if self._new_snapshots and written < len(marks) - 1:
+                    self._new_snapshots = False
+                    reached = min(self._marks())
+                    if reached > written:
+                        written = min(reached, len(marks) - 1)
+                        self._checkpoint_snapshots()
         self._drain_local_episodes()
         if self.stop.requested:
             self.stop_workers()
@@ -396,7 +407,7 @@ def run_task(starter: Any, topo: Topology, progress_factory: Any) -> tuple[dict[
             role = OptimizerRole(starter, topo, state, progress_factory(), stop)
             role.restore(starter.restored)
             final = role.run()
-            starter.algo.save(starter.models_dir)
+            starter.save_final()
             role.finish()
         else:
             worker = WorkerRole(starter, topo, state, stop)

@@ -188,13 +188,17 @@ class SnapshotSender:
         self._pending = []
 
 
-def receive_snapshots(comm: Any, into: dict[int, tuple[int, dict]]) -> None:
-    """Move every snapshot that has arrived into ``into[worker index] = (mark, state)`` (newest wins)."""
+def receive_snapshots(comm: Any, into: dict[int, tuple[int, dict]]) -> int:
+    """Move every snapshot that has arrived into ``into[worker index] = (mark, state)`` (newest
+    wins); return how many arrived."""
     MPI = mpi()
     status = MPI.Status()
+    count = 0
     while comm.iprobe(source=MPI.ANY_SOURCE, tag=TAG_SNAPSHOT, status=status):
         source = status.Get_source()
         into[source - 1] = comm.recv(source=source, tag=TAG_SNAPSHOT)
+        count += 1
+    return count
 
 
 def send_restore(comm: Any, states: list[dict | None]) -> None:
