@@ -255,8 +255,12 @@ class OptimizerRole:
             self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=True, force=True)
 
     def finish(self) -> None:
-        """Tell every worker to stop (shared flag here, a message to other nodes' leaders)."""
+        """Tell every worker to stop (shared flag here, a message to other nodes' leaders) and take
+        each one's last snapshot message, so that no message is left unreceived at MPI_Finalize
+        (which made MPICH's launcher kill a worker after a stopped PPO run)."""
         self.stop_workers()
+        if self.s.algo.schedule == "sync":
+            self._wait_for_marks(STOP_MARK)
         if self.weight_sender is not None:
             self.weight_sender.wait()
         while not self._all_done():
@@ -374,7 +378,9 @@ class WorkerRole:
                 self._record(episodes)
             self._maybe_snapshot()
             self.snapshot_sender.progress()
-        if not self.sync and worker.steps < self.quota:  # stopped early: report where it stopped
+        if self.sync:  # the last message: the optimizer takes every snapshot up to this one
+            self.snapshot_sender.send(STOP_MARK, None)
+        elif worker.steps < self.quota:  # stopped early: report where it stopped
             if self.sender is not None:
                 self.sender.flush()
             self.snapshot_sender.send(STOP_MARK, self.snapshot())
