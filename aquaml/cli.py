@@ -68,11 +68,11 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text or action.default in (None, argparse.SUPPRESS) or action.required \
+        if "(default" in text or action.default is argparse.SUPPRESS or action.required \
                 or isinstance(action, (argparse._StoreTrueAction, argparse._HelpAction)) \
                 or not action.option_strings:
             return text
-        return f"{text} (default: {action.default})"
+        return f"{text} (default: {'none' if action.default is None else action.default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
