@@ -171,3 +171,12 @@ def test_bad_checkpoint_arguments_are_rejected(run_root):
         with pytest.raises(ValueError, match=field):
             RLTaskStarter(env="Pendulum-v1", model_class_dict={"actor": MLPActor, "qf1": MLPQ, "qf2": MLPQ},
                           run_root=run_root, verbose=False, **kwargs)
+
+
+def test_resuming_a_finished_sac_run_under_mpi_ends_instead_of_waiting(run_root):
+    """Workers already at their quota still send their last snapshot (this once hung forever)."""
+    args = ("--algo", "sac", "--steps", "400", "--interval", "200")
+    run(script(run_root, "done", *args, ranks=3), timeout=180)
+    out = run(script(run_root, "done", *args, "--resume", ranks=3), timeout=120).stdout
+    assert out.count("done") == 3
+    assert max(Checkpointer(os.path.join(run_root, "done")).steps()) == 400

@@ -380,10 +380,11 @@ class WorkerRole:
             self.snapshot_sender.progress()
         if self.sync:  # the last message: the optimizer takes every snapshot up to this one
             self.snapshot_sender.send(STOP_MARK, None)
-        elif worker.steps < self.quota:  # stopped early: report where it stopped
+        else:  # always a terminal snapshot: final at the quota (even when resumed already there), else stopped
             if self.sender is not None:
                 self.sender.flush()
-            self.snapshot_sender.send(STOP_MARK, self.snapshot())
+            mark = len(self.thresholds) if worker.steps >= self.quota else STOP_MARK
+            self.snapshot_sender.send(mark, self.snapshot())
         self.snapshot_sender.wait()
         if self.sender is not None:
             self.sender.flush(done=True)
