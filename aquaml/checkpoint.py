@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -29,9 +30,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from aquaml.storage import replace_dir
+
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 1
 _PREFIX = "step_"
+
+
+def next_due(steps: int, interval: int) -> float:
+    """The first multiple of ``interval`` after ``steps`` (infinity for interval 0: only at the end)."""
+    return (steps // interval + 1) * interval if interval else math.inf
 
 
 class CheckpointError(RuntimeError):
@@ -146,13 +154,7 @@ class Checkpointer:
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
             final = self.path(step)
-            if os.path.exists(final):  # the same step again (e.g. resumed at it): replace it whole
-                old = tempfile.mkdtemp(prefix=".old-", dir=self.root)
-                os.replace(final, os.path.join(old, "c"))
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            replace_dir(tmp, final)  # the same step again (e.g. resumed at it) is replaced whole
             _fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.data import DataInfo
+from aquaml.storage import replace_dir
 
 POLICY_JSON = "policy.json"
 
@@ -62,13 +63,7 @@ def export_policy(algo: Any, path: str, env_id: str | None = None) -> str:
                 "action_info": algo.action_info.to_dict(), "actor_input_names": list(algo.actor.input_names)}
         with open(os.path.join(tmp, POLICY_JSON), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
-            os.replace(path, os.path.join(old, "p"))
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

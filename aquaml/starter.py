@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ import tensorflow as tf
 
 from aquaml.algos.sac import SAC
 from aquaml.buffers.replay import ReplayBuffer
-from aquaml.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state,
+from aquaml.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state, next_due,
                                variables_state)
 from aquaml.data import DataInfo
 from aquaml.env import GymnasiumEnv, RLBaseEnv
@@ -310,11 +309,6 @@ class RLTaskStarter:
                   f"run saved in {self.run_dir}", flush=True)
 
 
-def next_due(steps: int, interval: int) -> float:
-    """The first multiple of ``interval`` after ``steps`` (infinity for interval 0)."""
-    return (steps // interval + 1) * interval if interval else math.inf
-
-
 class _OneProcessLoop:
     """What both one-process schedules share: a Progress, a StopRequest, checkpoints when due."""
 
@@ -424,4 +418,4 @@ class _RolloutLoop(_OneProcessLoop):
 
     def load_loop_state(self, state: dict) -> None:
         self.rounds_done = state["rounds_done"]
-        self.s.buffer.counters[:] = self.rounds_done * self.p.rollout_steps
+        self.s.buffer.restart_at(self.rounds_done)

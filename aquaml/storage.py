@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from typing import Iterator
 
@@ -44,6 +45,18 @@ def unique_run_dir(root: str, name: str) -> str:
         candidate = os.path.join(root, f"{name}-{k}")
     os.makedirs(candidate, exist_ok=True)
     return candidate
+
+
+def replace_dir(tmp: str, final: str) -> None:
+    """Move the finished directory ``tmp`` to ``final``, replacing a directory already there whole:
+    a reader sees the old one or the new one, never a mix."""
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(final)))
+        os.replace(final, os.path.join(old, "previous"))
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def set_aside_previous(run_dir: str) -> None:

@@ -149,28 +149,21 @@ def cluster():
             subprocess.run([str(LOCAL_SLURM), "stop"], capture_output=True, timeout=300)
 
 
-def test_srun_script_completes(cluster, tmp_path):
-    """srun --mpi=pmi2, SAC on Pendulum: COMPLETED with progress.csv and a checkpoint."""
-    job = cluster.submit("srun_one_node.sbatch", tmp_path, "t-srun",
-                         {"AQUAML_ENV": "Pendulum-v1", "AQUAML_ALGO": "sac", "AQUAML_STEPS": 400,
-                          "AQUAML_EXTRA_ARGS": QUICK}, f"--ntasks={NTASKS}")
+@pytest.mark.parametrize("script,name,env,algo,steps,extra", [
+    ("srun_one_node.sbatch", "t-srun", "Pendulum-v1", "sac", 400, ""),  # srun --mpi=pmi2
+    ("mpirun_one_node.sbatch", "t-mpirun", "CartPole-v1", "ppo", 512, " --set rollout_steps=128"),  # mpiexec inside
+])
+def test_one_node_script_completes(cluster, tmp_path, script, name, env, algo, steps, extra):
+    """The srun script (SAC) and the mpirun script (PPO): COMPLETED with progress.csv, a checkpoint
+    and as many MPI ranks as tasks."""
+    job = cluster.submit(script, tmp_path, name,
+                         {"AQUAML_ENV": env, "AQUAML_ALGO": algo, "AQUAML_STEPS": steps,
+                          "AQUAML_EXTRA_ARGS": QUICK + extra}, f"--ntasks={NTASKS}")
     (info,) = cluster.wait(job)
     assert_state(info, "COMPLETED", "0:0")
-    assert_finished_run(tmp_path / "runs" / "t-srun" / "seed0", 400, info)
-    config = json.loads((tmp_path / "runs" / "t-srun" / "seed0" / "config.json").read_text())
-    assert config["ranks"] == NTASKS, f"config.json ranks {config['ranks']}: srun did not start {NTASKS} MPI ranks"
-
-
-def test_mpirun_script_completes(cluster, tmp_path):
-    """mpiexec -n $SLURM_NTASKS inside the allocation, PPO on CartPole: COMPLETED, progress.csv, checkpoint."""
-    job = cluster.submit("mpirun_one_node.sbatch", tmp_path, "t-mpirun",
-                         {"AQUAML_ENV": "CartPole-v1", "AQUAML_ALGO": "ppo", "AQUAML_STEPS": 512,
-                          "AQUAML_EXTRA_ARGS": f"{QUICK} --set rollout_steps=128"}, f"--ntasks={NTASKS}")
-    (info,) = cluster.wait(job)
-    assert_state(info, "COMPLETED", "0:0")
-    assert_finished_run(tmp_path / "runs" / "t-mpirun" / "seed0", 512, info)
-    config = json.loads((tmp_path / "runs" / "t-mpirun" / "seed0" / "config.json").read_text())
-    assert config["ranks"] == NTASKS, f"config.json ranks {config['ranks']}: mpiexec did not start {NTASKS} ranks"
+    assert_finished_run(tmp_path / "runs" / name / "seed0", steps, info)
+    config = json.loads((tmp_path / "runs" / name / "seed0" / "config.json").read_text())
+    assert config["ranks"] == NTASKS, f"config.json ranks {config['ranks']}: {script} did not start {NTASKS} MPI ranks"
 
 
 def test_seed_array_runs_one_seed_per_task(cluster, tmp_path):

@@ -58,6 +58,10 @@ class RolloutBuffer:
         self.store.fence()
         self.counters[slice_index] = start + steps
 
+    def restart_at(self, rounds: int) -> None:
+        """Set every slice's counter to the start of round ``rounds`` (resuming after that many)."""
+        self.counters[:] = rounds * self.rollout_steps
+
     def complete(self, rounds: int) -> bool:
         """True when every slice has written ``rounds`` whole segments."""
         self.store.fence()

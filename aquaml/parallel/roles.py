@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from aquaml.buffers.replay import ReplayBuffer
+from aquaml.checkpoint import next_due
 from aquaml.parallel.failure import StopRequest
 from aquaml.parallel.mpi import POLL_SECONDS, Backoff, sleepy_barrier
 from aquaml.parallel.shared import SharedArrayStore
@@ -104,7 +105,7 @@ class OptimizerRole:
             self.rng.bit_generator.state = loop["rng"]
             self.rounds_done = loop.get("rounds_done", 0)
             if self.s.algo.schedule == "sync":
-                self.state.buffer.counters[:] = self.rounds_done * self.p.rollout_steps
+                self.state.buffer.restart_at(self.rounds_done)
             states = state["workers"]
             self.checkpointed_at = state["step"]
         send_restore(self.topo.comm, states)
@@ -123,9 +124,10 @@ class OptimizerRole:
                 columns, self._episodes_read[w] = self.state.episodes.rows_since(w, int(self._episodes_read[w]))
                 self.progress.add_episodes(_episode_stats(columns))
 
-    def publish(self, force: bool = False) -> None:
+    def publish(self, force: bool = False, version: int | None = None) -> None:
+        """Publish the actor's weights as ``version`` (default: the next one) on every node."""
         flat = self.state.weights.flatten(self.s.algo.actor_weights())
-        self.state.weights.publish_flat(flat)
+        self.state.weights.publish_flat(flat, version)
         if self.weight_sender is not None:
             self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=False, force=force)
 
@@ -163,13 +165,10 @@ class OptimizerRole:
         rounds = p.rounds(self.topo.num_workers)
         per_round = p.rollout_steps * p.envs_per_worker * self.topo.num_workers
         first = self.rounds_done
-        self.state.weights.publish_flat(self.state.weights.flatten(self.s.algo.actor_weights()), first + 1)
-        if self.weight_sender is not None:
-            self.weight_sender.send(self.state.weights.read_flat(0)[1], first + 1, self.updates, stop=False,
-                                    force=True)
+        self.publish(force=True, version=first + 1)  # round k runs on version k + 1, also after a resume
         interval = self.s.checkpoint_interval
         steps, backoff = first * per_round, Backoff()
-        next_checkpoint = (steps // interval + 1) * interval if interval else math.inf
+        next_checkpoint = next_due(steps, interval)
         round_states: list[dict] | None = None
         for k in range(first, rounds):
             backoff.reset()
@@ -191,7 +190,7 @@ class OptimizerRole:
             self.progress.advance(steps, self.updates, finished=finished)
             if steps >= next_checkpoint or finished:
                 self.checkpoint(steps, round_states)
-                next_checkpoint = (steps // interval + 1) * interval if interval else math.inf
+                next_checkpoint = next_due(steps, interval)
         if self.stop.requested and round_states is not None and self.checkpointed_at < steps:
             self.checkpoint(steps, round_states)  # the state after the last trained round
         return self.progress.final
