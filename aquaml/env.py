@@ -78,6 +78,9 @@ class RLBaseEnv(abc.ABC):
 
     Recurrent state (for recurrent actors) travels as observation entries: ``initial_obs`` adds
     zeros for them after a reset and ``check_obs`` copies the actor's returned state after a step.
+    The starter declares them (``set_recurrent_info``) once it has seen the actor; an environment
+    may call the two hooks in ``reset``/``step`` as the reference AquaML's do, but need not: the
+    worker fills the entries in the same way either way.
     """
 
     def __init__(self) -> None:
@@ -93,7 +96,9 @@ class RLBaseEnv(abc.ABC):
             raise SpecError(f"{type(self).__name__} must set self._obs_info = DataInfo(names=..., "
                             f"shapes=..., dtypes=...) in __init__; got {info!r}")
         recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
-        return info.merge(recurrent) if len(recurrent) else info
+        if not len(recurrent):
+            return info
+        return info.merge(recurrent.select([n for n in recurrent.names if n not in info]))
 
     @property
     def action_info(self) -> DataInfo | None:

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aquaml.data import DataInfo
+from aquaml.data import DataInfo, SpecError
+from aquaml.recurrent import recurrent_info, with_recurrent
 from aquaml.storage import atomic_path
 
 
@@ -56,6 +57,12 @@ class ModelSpec:
     output_names: tuple[str, ...]
     learning_rate: float
     optimizer: keras.optimizers.Optimizer
+    state_info: DataInfo = DataInfo((), ())
+    """The recurrent state entries (inputs that are also outputs); empty for a feed-forward model."""
+
+    @property
+    def recurrent(self) -> bool:
+        return len(self.state_info) > 0
 
     def inputs(self, data: Mapping[str, Any], prefix: str = "", action: Any = None) -> list:
         """The ``call()`` arguments from a dict of arrays (``prefix`` selects ``next_`` entries)."""
@@ -208,6 +215,10 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
         critics_take_action: critics score (observation, action) pairs (SAC's Q) rather than
             observations alone (PPO's V).
 
+    An actor input that is also one of its outputs is recurrent state (an LSTM's ``hidden1``,
+    ``hidden2``): it joins the observation spec (see ``aquaml.recurrent``) and the actor's spec
+    records it in ``state_info``.
+
     Raises:
         ModelContractError: a key is missing or unknown, or a model breaks its contract.
     """
@@ -224,6 +235,11 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
     output_names = _output_names("actor", actor, action_info)
     if action_info is None:
         action_info = DataInfo("action", tuple(np.atleast_1d(actor.output_info["action"])), np.float32)
+    state_info = recurrent_info(actor)
+    try:
+        obs_info = with_recurrent(obs_info, state_info)
+    except SpecError as err:
+        raise ModelContractError(str(err)) from None
     critic_view = obs_info.merge(action_info)
     sample = critic_view.zeros((2,))
     specs = {}
@@ -235,7 +251,8 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
                          input_names=_input_names(key, model, critic_view if q_critic else obs_info, q_critic),
                          output_names=() if critic else output_names,
                          learning_rate=float(model.learning_rate),
-                         optimizer=_make_optimizer(key, model, float(model.learning_rate)))
+                         optimizer=_make_optimizer(key, model, float(model.learning_rate)),
+                         state_info=DataInfo((), ()) if critic else state_info)
         _check_call(spec, sample, critic, None if critic else dict(model.output_info))
         specs[key] = spec
     return specs, action_info

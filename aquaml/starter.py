@@ -32,6 +32,7 @@ from aquaml.parallel.mpi import launched_ranks, mpi
 from aquaml.parallel.roles import run_task
 from aquaml.parallel.topology import make_topology
 from aquaml.progress import Progress
+from aquaml.recurrent import with_recurrent
 from aquaml.storage import set_aside_previous, unique_run_dir, write_text_atomic
 from aquaml.worker import Worker
 
@@ -155,7 +156,14 @@ class RLTaskStarter:
         models, self.action_info = build_models(model_class_dict, algo.required_models, self.obs_info,
                                                 self.envs[0].action_info, algo.optional_models,
                                                 algo.critics_take_action)
+        state_info = models["actor"].state_info
+        if len(state_info):  # a recurrent actor: its state travels as observation entries
+            self.obs_info = with_recurrent(self.obs_info, state_info)
+            for e in self.envs + self.eval_envs:
+                e.set_recurrent_info(state_info)
         self.algo = algo(models, self.obs_info, self.action_info, params)
+        if hasattr(self.algo, "check_workers"):
+            self.algo.check_workers(1 if self.topology is None else self.topology.num_workers)
         if self.topology is None:  # under MPI the buffer lives in shared memory, made in run()
             self.buffer = self.algo.make_buffer()
             self.worker = Worker(self.envs, self.obs_info, self.action_info, self.algo.act, self.buffer,
@@ -379,7 +387,7 @@ class _TrainingLoop(_OneProcessLoop):
         act_next = self.steps >= p.warmup_steps and self.steps < p.total_steps
         actions = None
         for k in range(due):
-            batch = self.s.buffer.sample(p.batch_size, self.rng)
+            batch = algo.sample(self.s.buffer, self.rng)
             if act_next and k == due - 1:
                 metrics, actions = algo.update_and_act(batch, self.s.worker.obs)
             else:

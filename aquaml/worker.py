@@ -32,23 +32,44 @@ class EpisodeStats:
         return self.rewards["total_reward"]
 
 
+def _env_part(env: RLBaseEnv, obs_info: DataInfo) -> tuple[DataInfo, DataInfo]:
+    """``obs_info`` split into what the environment produces and the recurrent state entries
+    (declared with ``env.set_recurrent_info``), which the caller fills in."""
+    recurrent = getattr(env, "_recurrent_info", None)
+    if recurrent is None or not len(recurrent):
+        return obs_info, DataInfo((), ())
+    return obs_info.select([n for n in obs_info.names if n not in recurrent]), recurrent
+
+
 def reset_env(env: RLBaseEnv, obs_info: DataInfo, seed: int | None) -> dict[str, np.ndarray]:
-    """Reset ``env`` (passing ``seed`` when its ``reset`` accepts one) and validate the observation."""
+    """Reset ``env`` (passing ``seed`` when its ``reset`` accepts one) and validate the observation.
+
+    Recurrent state entries start at zero whether or not the environment adds them itself.
+    """
     if seed is not None and "seed" in inspect.signature(env.reset).parameters:
         obs = env.reset(seed=seed)
     else:
         obs = env.reset()
     if isinstance(obs, tuple) and len(obs) == 2 and isinstance(obs[1], dict):
         obs = obs[0]  # a gymnasium-style (obs, info) reset
-    return obs_info.validate(obs, what=f"{type(env).__name__}.reset() observation", allow_extra=True,
-                             squeeze_leading_one=True)
+    own, recurrent = _env_part(env, obs_info)
+    obs = own.validate(obs, what=f"{type(env).__name__}.reset() observation", allow_extra=True,
+                       squeeze_leading_one=True)
+    return {**obs, **recurrent.zeros()} if len(recurrent) else obs
 
 
 def step_env(env: RLBaseEnv, obs_info: DataInfo, action_dict: dict):
-    """Step ``env`` and validate what it returns; accepts the legacy 4-tuple once-warned."""
+    """Step ``env`` and validate what it returns; accepts the legacy 4-tuple once-warned.
+
+    Recurrent state entries of the next observation are the state the actor returned (in
+    ``action_dict``), whether or not the environment copies them itself.
+    """
     result = normalize_step(env.step(action_dict), type(env).__name__)
-    obs = obs_info.validate(result.obs, what=f"{type(env).__name__}.step() observation", allow_extra=True,
-                            squeeze_leading_one=True)
+    own, recurrent = _env_part(env, obs_info)
+    obs = own.validate(result.obs, what=f"{type(env).__name__}.step() observation", allow_extra=True,
+                       squeeze_leading_one=True)
+    if len(recurrent):
+        obs.update(recurrent.validate(action_dict, what="the actor's returned recurrent state", allow_extra=True))
     return result._replace(obs=obs)
 
 
@@ -76,6 +97,7 @@ class Worker:
         self._returns: list[dict[str, float]] = []
         self._lengths = np.zeros(len(self.envs), np.int64)
         self.steps = 0
+        self.recurrent = any(len(getattr(e, "_recurrent_info", ())) for e in self.envs)
 
     def state_dict(self) -> dict:
         """Everything needed to continue stepping exactly from here: counters, RNG state, current
@@ -132,7 +154,9 @@ class Worker:
         """
         if self.obs is None:
             self.reset()
-        if random:
+        if random and self.recurrent:  # the actor still runs, so the state it carries is its own
+            out = {**self.policy(self.obs, False), **self.random_actions()}
+        elif random:
             out = self.random_actions()
         else:
             out = self.policy(self.obs, False) if actions is None else actions
@@ -158,7 +182,9 @@ class Worker:
                 finished.append(EpisodeStats(sums, int(self._lengths[i]), result.terminated))
                 self._returns[i], self._lengths[i] = {}, 0
                 reset_obs[i] = reset_env(env, self.obs_info, None)
-        # the policy's outputs (action, and e.g. PPO's sample and log_prob): the buffer keeps its columns
+        # the policy's outputs (action, and e.g. PPO's sample and log_prob): the buffer keeps its
+        # columns. The observation comes after them: a recurrent entry stores the state that was
+        # the actor's input at this step; the one it returned is in the next_ columns.
         columns = {**out, **self.obs, **{"next_" + k: v for k, v in next_obs.items()},
                    "reward": reward, "terminated": terminated, "truncated": truncated}
         self.buffer.write_batch(self.slice_index, columns)

@@ -140,11 +140,19 @@ class SACParameters:
     """Seed of every random stream (environments, initial weights, sampling, noise)."""
     jit_compile: bool = False
     """Compile the update with XLA (measured: no gain for 256-wide MLPs on CPU, see README)."""
+    sequence_length: int = 32
+    """Recurrent actors only: steps per replayed sequence (burn-in included)."""
+    burn_in: int = 8
+    """Recurrent actors only: first steps of each sequence that only warm the state up (no loss).
+    A batch then holds ``ceil(batch_size / (sequence_length - burn_in))`` sequences."""
 
     def __post_init__(self) -> None:
         _check_ints(self, ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
-                           "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval"),
-                    ("learning_starts", "eval_interval", "seed", "max_worker_lead"))
+                           "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval",
+                           "sequence_length"),
+                    ("learning_starts", "eval_interval", "seed", "max_worker_lead", "burn_in"))
+        _check(self.burn_in < self.sequence_length, "burn_in", f"below sequence_length={self.sequence_length}",
+               self.burn_in)
         _check(self.random_steps is None or (isinstance(self.random_steps, int) and self.random_steps >= 0),
                "random_steps", "None or an int >= 0", self.random_steps)
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
@@ -162,6 +170,11 @@ class SACParameters:
     def warmup_steps(self) -> int:
         """Steps with uniform random actions."""
         return self.learning_starts if self.random_steps is None else self.random_steps
+
+    @property
+    def sequences_per_batch(self) -> int:
+        """Recurrent actors: sequences per update, so that about ``batch_size`` steps carry loss."""
+        return -(-self.batch_size // (self.sequence_length - self.burn_in))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

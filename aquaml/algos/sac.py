@@ -21,6 +21,7 @@ from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
 from aquaml.model import ModelSpec, model_state_groups, save_models
+from aquaml.recurrent import flatten_time, sequence_mask, unroll
 
 
 def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -35,6 +36,12 @@ class SAC:
 
     The actor's ``action`` output is the mean of a Gaussian before tanh squashing. Its ``log_std``
     output is used when present, otherwise a learned state-independent ``log_std``.
+
+    A recurrent actor (see ``aquaml.recurrent``) trains on sequences of ``sequence_length`` steps
+    of one environment, replayed from the state stored with their first step: the first
+    ``burn_in`` steps only warm the state up, and steps after an episode's end carry no loss.
+    Critics see every step as one transition; one that reads the recurrent entries gets the
+    state the replay computed (as a constant).
     """
 
     name = "SAC"
@@ -59,6 +66,8 @@ class SAC:
         action_dim = int(np.prod(action_info.shape("action")))
         self.target_entropy = float(-action_dim if params.target_entropy is None else params.target_entropy)
         self.gamma = float(params.gamma)
+        self.state_names = self.actor.state_info.names
+        self.recurrent = bool(self.state_names)
 
         self.actor_has_log_std = "log_std" in self.actor.output_names
         self.log_std = None if self.actor_has_log_std else keras.Variable(
@@ -80,7 +89,8 @@ class SAC:
         self.alpha_optimizer.build([self.log_alpha])
         self.noise = tf.random.Generator.from_seed(params.seed + 7919)
 
-        signature = [self.batch_info.tensor_specs()]
+        batch_shape = (None, params.sequence_length) if self.recurrent else (None,)
+        signature = [self.batch_info.tensor_specs(batch_shape)]
         self._update = tf.function(self._update_step, input_signature=signature, jit_compile=params.jit_compile)
         act_signature = [obs_info.select(self.actor.input_names).tensor_specs()]
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_signature)
@@ -101,7 +111,26 @@ class SAC:
 
     def make_buffer(self, num_slices: int = 1, store: Any = None) -> ReplayBuffer:
         """The replay memory, one slice per worker, ``buffer_size`` transitions in all."""
-        return ReplayBuffer(self.batch_info, self.params.buffer_size, num_slices, store)
+        return ReplayBuffer(self.batch_info, self.params.buffer_size, num_slices, store,
+                            stride=self.params.envs_per_worker)
+
+    def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One update's batch: ``batch_size`` transitions, or for a recurrent actor
+        ``sequences_per_batch`` sequences of ``sequence_length`` steps."""
+        p = self.params
+        if self.recurrent:
+            return buffer.sample_sequences(p.sequences_per_batch, p.sequence_length, rng)
+        return buffer.sample(p.batch_size, rng)
+
+    def check_workers(self, num_workers: int) -> None:
+        """Raise ValueError when the first update could find no whole sequence to replay."""
+        p = self.params
+        need = p.sequence_length * p.envs_per_worker * num_workers
+        if self.recurrent and p.learning_starts < need:
+            raise ValueError(f"learning_starts must be at least sequence_length x envs_per_worker x workers = "
+                             f"{p.sequence_length} x {p.envs_per_worker} x {num_workers} = {need} for a recurrent "
+                             f"actor (so that a whole sequence is stored before the first update), "
+                             f"got {p.learning_starts}")
 
     # --- losses, as in the paper ---------------------------------------------------------------
     @property
@@ -118,18 +147,19 @@ class SAC:
         return reward + self.gamma * (1.0 - terminated) * soft_value
 
     @staticmethod
-    def critic_loss(q1: tf.Tensor, q2: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
-        """``0.5 * mean((Q1 - y)^2) + 0.5 * mean((Q2 - y)^2)``."""
-        return 0.5 * tf.reduce_mean(tf.square(q1 - target)) + 0.5 * tf.reduce_mean(tf.square(q2 - target))
+    def critic_loss(q1: tf.Tensor, q2: tf.Tensor, target: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
+        """``0.5 * mean((Q1 - y)^2) + 0.5 * mean((Q2 - y)^2)`` (means weighted by ``weights`` if given)."""
+        return 0.5 * _mean(tf.square(q1 - target), weights) + 0.5 * _mean(tf.square(q2 - target), weights)
 
     @staticmethod
-    def actor_loss(log_prob: tf.Tensor, q1: tf.Tensor, q2: tf.Tensor, alpha: tf.Tensor) -> tf.Tensor:
+    def actor_loss(log_prob: tf.Tensor, q1: tf.Tensor, q2: tf.Tensor, alpha: tf.Tensor,
+                   weights: tf.Tensor | None = None) -> tf.Tensor:
         """``mean(alpha * log pi(a|o) - min(Q1, Q2)(o, a))`` with ``a`` reparameterised."""
-        return tf.reduce_mean(alpha * log_prob - tf.minimum(q1, q2))
+        return _mean(alpha * log_prob - tf.minimum(q1, q2), weights)
 
-    def alpha_loss(self, log_alpha: tf.Tensor, log_prob: tf.Tensor) -> tf.Tensor:
+    def alpha_loss(self, log_alpha: tf.Tensor, log_prob: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
         """``-mean(log_alpha * (log pi + target_entropy))``: raises alpha while entropy is too low."""
-        return -tf.reduce_mean(log_alpha * tf.stop_gradient(log_prob + self.target_entropy))
+        return -_mean(log_alpha * tf.stop_gradient(log_prob + self.target_entropy), weights)
 
     # --- policy --------------------------------------------------------------------------------
     def _actor_variables(self) -> list:
@@ -179,6 +209,8 @@ class SAC:
 
     # --- update --------------------------------------------------------------------------------
     def _update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        if self.recurrent:
+            return self._sequence_update_step(batch)
         alpha = self.alpha
         next_action, next_log_prob = self.policy(batch, "next_")
         target = tf.stop_gradient(self.critic_target(
@@ -208,11 +240,85 @@ class SAC:
         if self.params.auto_alpha:
             self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
 
+        self._update_targets()
+        return tf.stack([qf_loss, pi_loss, a_loss, alpha, -tf.reduce_mean(log_prob), tf.reduce_mean(q1)])
+
+    def _update_targets(self) -> None:
         tau = self.params.tau
         for spec in (self.qf1, self.qf2):
             for t, s in zip(self.targets[spec.key].weights, spec.model.weights):
                 t.assign((1.0 - tau) * t + tau * s)
-        return tf.stack([qf_loss, pi_loss, a_loss, alpha, -tf.reduce_mean(log_prob), tf.reduce_mean(q1)])
+
+    def replay_sequences(self, batch: Mapping[str, tf.Tensor]) -> tuple[dict, dict, tf.Tensor]:
+        """Replay the actor over ``(n, sequence_length)`` sequences from their stored start states.
+
+        Returns ``(outputs, flat, mask)``: the actor's outputs per step ``(n * length, ...)``
+        (``log_std`` clipped), every batch column flattened to ``(n * length, ...)`` with the
+        recurrent entries replaced by the replayed states (``next_`` ones by the returned states,
+        both as constants), and ``sequence_mask``'s weights, flattened.
+        """
+        p = self.params
+        seq = {n: batch[n] for n in self.actor.input_names}
+        outs, states = unroll(self._actor_outputs, seq, self.state_names, p.sequence_length, p.burn_in)
+        flat = {k: flatten_time(v) for k, v in batch.items()}
+        for n in self.state_names:
+            flat[n] = tf.stop_gradient(flatten_time(states[n]))
+            flat["next_" + n] = tf.stop_gradient(flatten_time(outs[n]))
+        outs = {k: flatten_time(v) for k, v in outs.items()}
+        mask = tf.reshape(sequence_mask(batch["terminated"], batch["truncated"], p.burn_in), [-1])
+        return outs, flat, mask
+
+    def _sequence_target(self, flat: Mapping[str, tf.Tensor], alpha: tf.Tensor) -> tf.Tensor:
+        next_out = self._actor_outputs(flat, "next_")
+        next_action, next_log_prob = squashed_gaussian_sample(
+            next_out["action"], next_out["log_std"], self._noise(tf.shape(next_out["action"])))
+        return tf.stop_gradient(self.critic_target(
+            flat["reward"], flat["terminated"],
+            self._q(self.targets["qf1"], self.qf1, flat, next_action, "next_"),
+            self._q(self.targets["qf2"], self.qf2, flat, next_action, "next_"),
+            next_log_prob, alpha))
+
+    def _sequence_actor_loss(self, outs: Mapping[str, tf.Tensor], flat: Mapping[str, tf.Tensor],
+                             mask: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        action, log_prob = squashed_gaussian_sample(outs["action"], outs["log_std"],
+                                                    self._noise(tf.shape(outs["action"])))
+        return self.actor_loss(log_prob, self._q(self.qf1.model, self.qf1, flat, action),
+                               self._q(self.qf2.model, self.qf2, flat, action), alpha, mask), log_prob
+
+    def sequence_losses(self, batch: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        """The critic and actor losses of a sequence batch, as the update computes them, without
+        changing any weight."""
+        alpha = self.alpha
+        outs, flat, mask = self.replay_sequences(batch)
+        target = self._sequence_target(flat, alpha)
+        q1 = self._q(self.qf1.model, self.qf1, flat, flat["action"])
+        q2 = self._q(self.qf2.model, self.qf2, flat, flat["action"])
+        return self.critic_loss(q1, q2, target, mask), self._sequence_actor_loss(outs, flat, mask, alpha)[0]
+
+    def _sequence_update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        alpha = self.alpha
+        actor_vars = self._actor_variables()
+        with tf.GradientTape() as actor_tape:
+            outs, flat, mask = self.replay_sequences(batch)  # once, for both losses
+            with actor_tape.stop_recording():
+                target = self._sequence_target(flat, alpha)
+                q_vars = [self.qf1.model.trainable_variables, self.qf2.model.trainable_variables]
+                with tf.GradientTape() as tape:
+                    q1 = self._q(self.qf1.model, self.qf1, flat, flat["action"])
+                    q2 = self._q(self.qf2.model, self.qf2, flat, flat["action"])
+                    qf_loss = self.critic_loss(q1, q2, target, mask)
+                grads = tape.gradient(qf_loss, q_vars)
+                for spec, g, v in zip((self.qf1, self.qf2), grads, q_vars):
+                    spec.optimizer.apply_gradients(zip(g, v))
+            pi_loss, log_prob = self._sequence_actor_loss(outs, flat, mask, alpha)
+        self.actor.optimizer.apply_gradients(zip(actor_tape.gradient(pi_loss, actor_vars), actor_vars))
+
+        with tf.GradientTape() as tape:
+            a_loss = self.alpha_loss(self.log_alpha, log_prob, mask)
+        if self.params.auto_alpha:
+            self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
+        self._update_targets()
+        return tf.stack([qf_loss, pi_loss, a_loss, alpha, -_mean(log_prob, mask), _mean(q1, mask)])
 
     def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
         """One gradient step on every network; returns the metrics in ``metric_names`` order."""
@@ -267,6 +373,14 @@ class SAC:
         if self.log_std is not None:
             state["log_std"] = self.log_std.numpy()
         save_models(directory, self.models, "sac_state.npz", state)
+
+
+
+def _mean(x: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
+    """The mean of ``x``, or its ``weights``-weighted mean (0 when every weight is 0)."""
+    if weights is None:
+        return tf.reduce_mean(x)
+    return tf.reduce_sum(weights * x) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
 #: The reference AquaML's name for SAC.

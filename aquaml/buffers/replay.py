@@ -44,18 +44,24 @@ class ReplayBuffer:
         capacity: total rows over all slices (rounded up to a multiple of ``num_slices``).
         num_slices: one per worker (one writer each).
         store: where the arrays live; defaults to local numpy arrays.
+        stride: rows per time step of a slice (a worker stepping ``n`` environments writes their
+            rows interleaved, so one environment's steps are ``n`` rows apart); the slice capacity
+            is rounded up to a multiple of it, so wrapping keeps that order.
 
     Raises:
-        ValueError: capacity or num_slices is not positive.
+        ValueError: capacity, num_slices or stride is not positive.
     """
 
-    def __init__(self, info: DataInfo, capacity: int, num_slices: int = 1, store: ArrayStore | None = None):
-        if capacity <= 0 or num_slices <= 0:
-            raise ValueError(f"ReplayBuffer needs capacity > 0 and num_slices > 0, got {capacity}, {num_slices}")
+    def __init__(self, info: DataInfo, capacity: int, num_slices: int = 1, store: ArrayStore | None = None,
+                 stride: int = 1):
+        if capacity <= 0 or num_slices <= 0 or stride <= 0:
+            raise ValueError(f"ReplayBuffer needs capacity, num_slices and stride > 0, "
+                             f"got {capacity}, {num_slices}, {stride}")
         self.store = store or LocalArrayStore()
         self.info = info
         self.num_slices = num_slices
-        self.slice_capacity = -(-capacity // num_slices)
+        self.stride = stride
+        self.slice_capacity = -(-capacity // (num_slices * stride)) * stride
         layout = {n: ((num_slices, self.slice_capacity) + info.shape(n), info.dtype(n)) for n in info.names}
         arrays = self.store.allocate({**layout, "__counters__": ((num_slices,), np.dtype(np.int64))})
         self.counters = arrays.pop("__counters__")
@@ -128,3 +134,34 @@ class ReplayBuffer:
             slices = np.searchsorted(starts, flat, side="right") - 1
             rows = flat - starts[slices]
         return {n: a[slices, rows] for n, a in self.arrays.items()}
+
+    def sequence_starts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per slice, the first and one-past-last write count at which a whole sequence of
+        ``length`` steps of one environment starts (rows still held, all written)."""
+        counts = self.counters.copy()
+        self.store.fence()
+        first = np.maximum(counts - self.slice_capacity, 0)
+        end = np.maximum(counts - (length - 1) * self.stride, first)
+        return first, end
+
+    def sample_sequences(self, batch_size: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``batch_size`` sequences of ``length`` consecutive steps of one environment, each
+        ``(batch_size, length, *shape)``, drawn uniformly over every start a slice holds.
+
+        A sequence may run across episode ends (``aquaml.recurrent.sequence_mask`` cuts them off).
+
+        Raises:
+            ValueError: no slice holds ``length`` steps of an environment yet.
+        """
+        first, end = self.sequence_starts(length)
+        starts = end - first
+        total = int(starts.sum())
+        if total == 0:
+            raise ValueError(f"no slice of the ReplayBuffer holds a sequence of {length} steps yet "
+                             f"(rows per slice: {self.filled().tolist()}, {self.stride} per step)")
+        flat = rng.integers(0, total, size=batch_size)
+        offsets = np.cumsum(starts) - starts
+        slices = np.searchsorted(offsets, flat, side="right") - 1
+        begin = first[slices] + flat - offsets[slices]
+        rows = (begin[:, None] + self.stride * np.arange(length)[None, :]) % self.slice_capacity
+        return {n: a[slices[:, None], rows] for n, a in self.arrays.items()}

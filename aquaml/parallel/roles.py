@@ -210,7 +210,7 @@ class OptimizerRole:
             due = int((total - p.learning_starts) * p.replay_ratio) - self.updates if total >= p.learning_starts else 0
             if due > 0:
                 backoff.reset()
-                metrics = self.s.algo.update(buffer.sample(p.batch_size, self.rng))
+                metrics = self.s.algo.update(self.s.algo.sample(buffer, self.rng))
                 self.progress.add_metrics(metrics.numpy())
                 self.updates += 1
                 control[UPDATES] = self.updates
