@@ -278,6 +278,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if env_id is None:
         raise CLIError(f"{args.run} was trained on an environment that is not a gymnasium id; pass --env ID")
     envs = [GymnasiumEnv(env_id) for _ in range(min(args.episodes, 10))]
+    for env in envs:  # a recurrent policy's state travels as observation entries
+        env.set_recurrent_info(policy.state_info)
     if envs[0].obs_info.select(policy.obs_info.names) != policy.obs_info:
         raise CLIError(f"--env {env_id}: its observations {envs[0].obs_info} do not fit the policy's {policy.obs_info}")
     stats = evaluate(envs, envs[0].obs_info, policy, args.episodes, seed=args.seed)

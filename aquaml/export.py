@@ -40,8 +40,12 @@ def export_policy(algo: Any, path: str, env_id: str | None = None) -> str:
         env_id: the gymnasium id the policy was trained on, recorded for ``aquaml eval``.
     """
     obs_info = algo.obs_info.select(algo.actor.input_names)
-    act = tf.function(lambda obs: {"action": algo._act(obs, True)["action"]},
-                      input_signature=[obs_info.tensor_specs()])
+    state_names = algo.actor.state_info.names  # a recurrent actor also returns its next state
+
+    def deterministic(obs):
+        out = algo._act(obs, True)
+        return {"action": out["action"], **{n: out[n] for n in state_names}}
+    act = tf.function(deterministic, input_signature=[obs_info.tensor_specs()])
     concrete = act.get_concrete_function()
     module = tf.Module()
     module.act = act
@@ -60,7 +64,8 @@ def export_policy(algo: Any, path: str, env_id: str | None = None) -> str:
                           f"{type(algo.actor.model).__name__} needs get_config()); the SavedModel is complete",
                           stacklevel=2)
         meta = {"format": 1, "algo": algo.name, "env_id": env_id, "obs_info": obs_info.to_dict(),
-                "action_info": algo.action_info.to_dict(), "actor_input_names": list(algo.actor.input_names)}
+                "action_info": algo.action_info.to_dict(), "actor_input_names": list(algo.actor.input_names),
+                "state_info": algo.actor.state_info.to_dict()}
         with open(os.path.join(tmp, POLICY_JSON), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
         replace_dir(tmp, path)
@@ -71,7 +76,11 @@ def export_policy(algo: Any, path: str, env_id: str | None = None) -> str:
 
 
 class Policy:
-    """A loaded policy: ``act(obs_dict) -> {'action': ...}``, batched or for one observation."""
+    """A loaded policy: ``act(obs_dict) -> {'action': ...}``, batched or for one observation.
+
+    A recurrent policy (``state_info`` not empty) reads its state as observation entries and
+    returns the next state beside the action: start from zeros, pass back what it returned.
+    """
 
     def __init__(self, path: str) -> None:
         meta_path = os.path.join(path, POLICY_JSON)
@@ -83,6 +92,7 @@ class Policy:
         self.obs_info = DataInfo.from_dict(self.meta["obs_info"])
         self.action_info = DataInfo.from_dict(self.meta["action_info"])
         self.env_id = self.meta.get("env_id")
+        self.state_info = DataInfo.from_dict(self.meta.get("state_info") or {"names": [], "shapes": [], "dtypes": []})
         self._module = tf.saved_model.load(path)
 
     def act(self, obs: Mapping[str, Any], deterministic: bool = True) -> dict[str, np.ndarray]:
@@ -99,8 +109,8 @@ class Policy:
         batch = {n: np.asarray(obs[n], self.obs_info.dtype(n))[None] if single else
                  np.asarray(obs[n], self.obs_info.dtype(n)) for n in self.obs_info.names}
         self.obs_info.validate(batch, what="policy input", batch_dims=1)
-        action = self._module.act(batch)["action"].numpy()
-        return {"action": action[0] if single else action}
+        out = {k: v.numpy() for k, v in self._module.act(batch).items()}
+        return {k: v[0] if single else v for k, v in out.items()}
 
     def __call__(self, obs: Mapping[str, Any], deterministic: bool = True) -> dict[str, np.ndarray]:
         """``act`` with the signature of ``algo.act``, so a Policy can stand in for an algorithm."""

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aquaml import DataInfo, GymnasiumEnv, RLTaskStarter, SAC, SACParameters
+from aquaml import DataInfo, RLTaskStarter, SAC, SACParameters, load_policy
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.model import ModelContractError
 from aquaml.recurrent import sequence_mask
+from aquaml.worker import evaluate
 from helpers import CountingEnv, MLPQ, load_tutorial
 from memory_task import LENGTH, CueEnv, LSTMActor, MLPActor, StateQ
 
@@ -199,14 +200,25 @@ def memory_run(actor, tmp_path):
                            sequence_length=LENGTH, burn_in=0, eval_interval=0, calculate_episodes=10,
                            buffer_size=10_000, alpha=0.1, seed=0)
     s = starter(CueEnv(), actor, params, tmp_path, critic=StateQ, optimizer_threads=1)
-    return s.run()["eval/return_mean"]
+    return s, s.run()["eval/return_mean"]
 
 
 def test_a_task_that_needs_memory_is_solved_by_the_lstm_and_not_by_a_feed_forward_actor(tmp_path):
-    lstm = memory_run(LSTMActor, tmp_path)
-    mlp = memory_run(MLPActor, tmp_path)
+    s, lstm = memory_run(LSTMActor, tmp_path)
+    _, mlp = memory_run(MLPActor, tmp_path)
     assert lstm > -0.1, lstm  # remembers the cue through the whole episode
     assert mlp < -0.9, mlp    # without memory the best is -1 on balanced cues
+
+    # the exported policy returns its state beside the action and, fed it back, acts the same
+    policy = load_policy(s.run_dir)
+    assert policy.state_info.names == ("hidden1", "hidden2")
+    envs = [CueEnv() for _ in range(10)]
+    for env in envs:
+        env.set_recurrent_info(policy.state_info)
+    exported = evaluate(envs, s.obs_info, policy, 10, seed=0)
+    assert exported["eval/return_mean"] == pytest.approx(lstm, abs=1e-6)
+    out = policy.act({"cue": np.ones(1, np.float32), **policy.state_info.zeros()})
+    assert set(out) == {"action", "hidden1", "hidden2"} and out["hidden1"].shape == (16,)
 
 
 def test_tutorial2_recurrent_sac_under_mpiexec_3(tmp_path):
