@@ -232,3 +232,32 @@ def test_tutorial2_recurrent_sac_under_mpiexec_3(tmp_path):
     config = (tmp_path / "pomdp_sac_lstm" / "config.json").read_text()
     assert '"ranks": 3' in config and '"hidden1"' in config
     assert (tmp_path / "pomdp_sac_lstm" / "policy" / "policy.json").exists()
+
+
+class ViewQ(tutorial2.Q_net):
+    """A critic on the actor's own view: the angle and the actor's recurrent state."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_name = ("pos", "hidden1", "hidden2", "action")
+
+    def call(self, pos, hidden1, hidden2, action):
+        return self.q(self.dense2(self.dense1(tf.concat([pos, hidden1, hidden2, action], axis=-1))))
+
+
+def test_replay_reproduces_the_stored_states_and_critics_may_read_them(tmp_path):
+    params = SACParameters(learning_starts=64, sequence_length=10, burn_in=0, seed=5)
+    s = starter(tutorial2.PendulumPOMDPWrapper(), tutorial2.Actor_net, params, tmp_path, critic=ViewQ)
+    for _ in range(450):  # 2 episode ends on the way; the weights do not change
+        s.worker.step()
+    batch = s.buffer.sample_sequences(300, 10, np.random.default_rng(0))
+    _, flat, mask = s.algo.replay_sequences({k: tf.constant(v) for k, v in batch.items()})
+    alive = sequence_mask(batch["terminated"], batch["truncated"]).numpy().reshape(-1) > 0
+    assert 0 < (~alive).sum()  # some sequences run past an episode end
+    for n in ("hidden1", "hidden2"):  # what the actor computes again is what it was given
+        stored = batch[n].reshape(-1, 64)[alive]
+        np.testing.assert_allclose(flat[n].numpy()[alive], stored, atol=1e-5)
+        np.testing.assert_allclose(flat["next_" + n].numpy()[alive], batch["next_" + n].reshape(-1, 64)[alive],
+                                   atol=1e-5)
+    metrics = s.algo.update(batch).numpy()  # the critics read the replayed state
+    assert np.isfinite(metrics).all()
