@@ -112,3 +112,12 @@ def flatten_time(x: Any):
     import tensorflow as tf
     shape = tf.shape(x)
     return tf.reshape(x, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+
+
+def weighted_mean(x: Any, weights: Any = None):
+    """The mean of ``x``, or its ``weights``-weighted mean (0 when every weight is 0): the losses'
+    mean over the steps a sequence mask keeps."""
+    import tensorflow as tf
+    if weights is None:
+        return tf.reduce_mean(x)
+    return tf.reduce_sum(weights * x) / tf.maximum(tf.reduce_sum(weights), 1e-8)

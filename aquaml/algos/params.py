@@ -261,10 +261,14 @@ class PPOParameters:
     """Training rounds between progress lines on the console."""
     seed: int = 0
     """Seed of every random stream (environments, initial weights, shuffling, sampling)."""
+    sequence_length: int = 64
+    """Recurrent actors only: steps per training sequence; minibatches then hold
+    ``max(1, batch_size // sequence_length)`` sequences."""
 
     def __post_init__(self) -> None:
         _check_ints(self, ("total_steps", "rollout_steps", "envs_per_worker", "batch_size", "update_epochs",
-                           "update_actor_times", "update_critic_times", "calculate_episodes", "display_interval"),
+                           "update_actor_times", "update_critic_times", "calculate_episodes", "display_interval",
+                           "sequence_length"),
                     ("eval_interval", "seed"))
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
         _check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "in [0, 1]", self.gae_lambda)
@@ -286,6 +290,11 @@ class PPOParameters:
     def epoch_length(self) -> int:
         """Steps per logged row: one rollout segment of one worker's environments."""
         return self.rollout_steps * self.envs_per_worker
+
+    @property
+    def sequences_per_batch(self) -> int:
+        """Recurrent actors: sequences per minibatch, about ``batch_size`` steps."""
+        return max(1, self.batch_size // self.sequence_length)
 
     def rounds(self, workers: int) -> int:
         """Training rounds: whole segments from each of ``workers`` until ``total_steps`` is reached

@@ -8,6 +8,11 @@ Rollout layout (from ``rollout_info``): every observation name and the same name
 ``next_`` (the observation *returned by* the step, also the true final one on truncation),
 ``sample`` (the policy's draw: a Gaussian sample before clipping, or a category index),
 ``log_prob`` (of ``sample`` under the policy that acted), ``reward``, ``terminated``, ``truncated``.
+
+A recurrent actor (see ``aquaml.recurrent``) trains on sequences: every environment's time series
+is cut into chunks of ``sequence_length`` steps (``to_sequences``), and each chunk is replayed from
+the state stored with its first step, restarting from the stored (zero) state at every episode
+start inside it. Values, advantages and the critic stay per step.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from aquaml.distributions import (categorical_entropy, categorical_log_prob, gau
                                   gaussian_log_prob)
 from aquaml.model import ModelContractError, ModelSpec, is_discrete_action, model_state_groups, save_models
 from aquaml.normalizer import RunningMeanStd
+from aquaml.recurrent import flatten_time, unroll, weighted_mean
 
 
 def rollout_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -60,6 +66,33 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, next_values: np.ndarray
     return advantages.astype(np.float32), (advantages + values).astype(np.float32)
 
 
+def to_sequences(columns: Mapping[str, np.ndarray], done: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """Cut rollout columns ``(workers, steps, envs, ...)`` into chunks ``(n_chunks, length, ...)``.
+
+    Each (worker, env) time series is cut into consecutive chunks; when ``steps`` is not a multiple
+    of ``length`` its last chunk is padded with zeros. Adds ``mask`` (1.0 for a real step, 0.0 for
+    padding) and ``reset`` (True at step t > 0 of a chunk when step t - 1 ended an episode, i.e.
+    ``done``, terminated or truncated, was set there).
+    """
+    w, t, e = done.shape[:3]
+    per_series = -(-t // length)
+    pad = per_series * length - t
+
+    def cut(a: np.ndarray) -> np.ndarray:
+        a = np.swapaxes(a, 1, 2).reshape((w * e, t) + a.shape[3:])  # one row per time series
+        if pad:
+            a = np.concatenate([a, np.zeros((w * e, pad) + a.shape[2:], a.dtype)], axis=1)
+        return a.reshape((w * e * per_series, length) + a.shape[2:])
+
+    out = {k: cut(np.asarray(v)) for k, v in columns.items()}
+    out["mask"] = cut(np.ones((w, t, e), np.float32))
+    ended = cut(np.asarray(done, bool))
+    reset = np.zeros_like(ended)
+    reset[:, 1:] = ended[:, :-1]
+    out["reset"] = reset
+    return out
+
+
 class PPO:
     """PPO on an actor (``'actor'``) and a value critic (``'critic'``), or on one shared model.
 
@@ -70,6 +103,11 @@ class PPO:
     ``policy_loss - ent_coef * entropy + vf_coef * value_loss``. Continuous actions are clipped to
     [-1, 1] (the environment's bounds after rescaling) for the environment only: the unclipped
     sample is what the log-probability and the update see.
+
+    A recurrent actor (one that reads and returns state, e.g. an LSTM's ``hidden1``/``hidden2``)
+    trains on chunks of ``sequence_length`` steps of one environment, ``sequences_per_batch``
+    chunks per minibatch; its state entries are never normalised. ``act`` returns the next state
+    with the action.
     """
 
     name = "PPO"
@@ -96,6 +134,8 @@ class PPO:
         self.obs_info, self.action_info = obs_info, action_info
         self.discrete = is_discrete_action(action_info)
         self.batch_info = rollout_info(obs_info, action_info)
+        self.state_names = self.actor.state_info.names
+        self.recurrent = bool(self.state_names)
 
         self.actor_has_log_std = "log_std" in self.actor.output_names
         self.log_std = None if (self.discrete or self.actor_has_log_std) else keras.Variable(
@@ -104,7 +144,8 @@ class PPO:
         value_inputs = self.actor.input_names if self.shared else self.critic.input_names
         self.value_inputs = tuple(value_inputs)
         used = tuple(dict.fromkeys(self.actor.input_names + self.value_inputs))
-        self.norm_names = tuple(n for n in used if params.normalize_obs and obs_info.dtype(n).kind == "f")
+        self.norm_names = tuple(n for n in used if params.normalize_obs and obs_info.dtype(n).kind == "f"
+                                and n not in self.state_names)
         self.obs_rms = {n: RunningMeanStd(obs_info.shape(n)) for n in self.norm_names}
         self.norm_mean = {n: keras.Variable(np.zeros(obs_info.shape(n), np.float32), name=f"mean_{n}")
                           for n in self.norm_names}
@@ -125,6 +166,10 @@ class PPO:
         self.minibatch_info = (obs_info.select(used).merge(self.batch_info.select(("sample", "log_prob")))
                                .add_info(("advantage", "return", "value"), ((), (), ()), np.float32))
         self._step = tf.function(self._train_step, input_signature=[self.minibatch_info.tensor_specs()])
+        if self.recurrent:  # minibatches of whole chunks (n, sequence_length, ...), see to_sequences
+            self.sequence_info = self.minibatch_info.add_info("mask", (), np.float32).add_info("reset", (), np.bool_)
+            self._sequence_step = tf.function(self._sequence_train_step, input_signature=[
+                self.sequence_info.tensor_specs((None, params.sequence_length))])
         self._concrete: dict[str, Any] = {}
 
     @staticmethod
@@ -145,30 +190,33 @@ class PPO:
     # --- losses, as in the paper ---------------------------------------------------------------
     @staticmethod
     def policy_loss(log_prob: tf.Tensor, old_log_prob: tf.Tensor, advantage: tf.Tensor,
-                    clip_range: float) -> tuple[tf.Tensor, tf.Tensor]:
+                    clip_range: float, weights: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """``-mean(min(r * A, clip(r, 1 - eps, 1 + eps) * A))`` with ``r = exp(log_prob - old_log_prob)``;
-        also returns the fraction of samples whose ratio was clipped."""
+        also returns the fraction of samples whose ratio was clipped (means weighted by ``weights``
+        if given)."""
         ratio = tf.exp(log_prob - old_log_prob)
         unclipped = ratio * advantage
         clipped = tf.clip_by_value(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantage
-        clip_fraction = tf.reduce_mean(tf.cast(tf.abs(ratio - 1.0) > clip_range, tf.float32))
-        return -tf.reduce_mean(tf.minimum(unclipped, clipped)), clip_fraction
+        clip_fraction = weighted_mean(tf.cast(tf.abs(ratio - 1.0) > clip_range, tf.float32), weights)
+        return -weighted_mean(tf.minimum(unclipped, clipped), weights), clip_fraction
 
     @staticmethod
-    def value_loss(value: tf.Tensor, old_value: tf.Tensor, returns: tf.Tensor, clip_range_vf: float | None) -> tf.Tensor:
+    def value_loss(value: tf.Tensor, old_value: tf.Tensor, returns: tf.Tensor, clip_range_vf: float | None,
+                   weights: tf.Tensor | None = None) -> tf.Tensor:
         """``mean((V - R)^2)``; with a clip, ``mean(max((V - R)^2, (V_clip - R)^2))`` where
-        ``V_clip = V_old + clip(V - V_old, -c, c)``."""
+        ``V_clip = V_old + clip(V - V_old, -c, c)`` (means weighted by ``weights`` if given)."""
         loss = tf.square(value - returns)
         if clip_range_vf is not None:
             clipped = old_value + tf.clip_by_value(value - old_value, -clip_range_vf, clip_range_vf)
             loss = tf.maximum(loss, tf.square(clipped - returns))
-        return tf.reduce_mean(loss)
+        return weighted_mean(loss, weights)
 
     @staticmethod
-    def approx_kl(log_prob: tf.Tensor, old_log_prob: tf.Tensor) -> tf.Tensor:
-        """``mean((r - 1) - log r)``: a low-variance, non-negative estimate of KL(old || new)."""
+    def approx_kl(log_prob: tf.Tensor, old_log_prob: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
+        """``mean((r - 1) - log r)``: a low-variance, non-negative estimate of KL(old || new)
+        (weighted by ``weights`` if given)."""
         log_ratio = log_prob - old_log_prob
-        return tf.reduce_mean(tf.exp(log_ratio) - 1.0 - log_ratio)
+        return weighted_mean(tf.exp(log_ratio) - 1.0 - log_ratio, weights)
 
     # --- policy --------------------------------------------------------------------------------
     def _actor_variables(self) -> list:
@@ -226,7 +274,8 @@ class PPO:
         return {"action": action, "sample": sample, "log_prob": log_prob, **extra}
 
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
-        """For a batch of observations: ``action`` (for the environment), ``sample`` and ``log_prob``."""
+        """For a batch of observations: ``action`` (for the environment), ``sample`` and ``log_prob``,
+        and a recurrent actor's next state (``hidden1``, ...)."""
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")
         return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
 
@@ -281,6 +330,72 @@ class PPO:
         pi_loss, entropy, kl, clip_fraction = first
         return tf.stack([pi_loss, v_loss, entropy, kl, clip_fraction])
 
+    def sequence_outputs(self, chunks: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The actor replayed over chunks ``(n, sequence_length, ...)`` of raw observations.
+
+        Each chunk starts from the state stored with its first step and restarts from the stored
+        state (zeros, an episode's start) wherever ``chunks['reset']`` is True, so nothing is carried
+        across an episode end. Returns the outputs per step, flattened to ``(n * sequence_length, ...)``
+        (``log_std`` clipped).
+        """
+        obs = self._normalize({n: chunks[n] for n in self.actor.input_names})
+        outs, _ = unroll(self._actor_outputs, obs, self.state_names, self.params.sequence_length,
+                         resets=chunks["reset"])
+        return {k: flatten_time(v) for k, v in outs.items()}
+
+    def sequence_losses(self, chunks: Mapping[str, tf.Tensor], critic: bool = True) -> dict[str, tf.Tensor]:
+        """PPO's losses on chunks (``to_sequences`` columns plus ``advantage``, ``return``, ``value``),
+        every mean taken over real steps only (weighted by ``mask``; advantages normalised over them).
+
+        Returns ``policy_loss``, ``entropy``, ``approx_kl``, ``clip_fraction``, ``value_loss`` (of
+        the critic, unless ``critic`` is False with a separate critic, or of the shared model's
+        ``value``), ``loss`` (what the actor's optimizer minimises) and ``log_prob`` per step.
+        """
+        p = self.params
+        flat = {k: flatten_time(tf.convert_to_tensor(chunks[k]))
+                for k in ("sample", "log_prob", "advantage", "return", "value", "mask")}
+        mask = flat["mask"]
+        advantage = flat["advantage"]
+        if p.normalize_advantage:
+            mean = weighted_mean(advantage, mask)
+            advantage = (advantage - mean) * tf.math.rsqrt(weighted_mean(tf.square(advantage - mean), mask) + 1e-8)
+        out = self.sequence_outputs(chunks)
+        log_prob, entropy = self.log_prob_entropy(out, flat["sample"])
+        pi_loss, clip_fraction = self.policy_loss(log_prob, flat["log_prob"], advantage, p.clip_range, mask)
+        entropy = weighted_mean(entropy, mask)
+        losses = {"policy_loss": pi_loss, "entropy": entropy, "clip_fraction": clip_fraction,
+                  "approx_kl": self.approx_kl(log_prob, flat["log_prob"], mask), "log_prob": log_prob,
+                  "loss": pi_loss - p.ent_coef * entropy}
+        if self.shared or critic:
+            value = (tf.reshape(out["value"], [-1]) if self.shared else
+                     self._value({n: flatten_time(tf.convert_to_tensor(chunks[n])) for n in self.value_inputs}))
+            losses["value_loss"] = self.value_loss(value, flat["value"], flat["return"], p.clip_range_vf, mask)
+            if self.shared:
+                losses["loss"] += p.vf_coef * losses["value_loss"]
+        return losses
+
+    def _sequence_train_step(self, mb: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        p = self.params
+        if not self.shared:  # the critic is per step: every real step of the chunks is one sample
+            mask = flatten_time(mb["mask"])
+            obs = self._normalize({n: flatten_time(mb[n]) for n in self.value_inputs})
+            old_value, returns = flatten_time(mb["value"]), flatten_time(mb["return"])
+            for _ in range(p.update_critic_times):
+                with tf.GradientTape() as tape:
+                    v_loss = self.value_loss(self._value_normalized(obs), old_value, returns, p.clip_range_vf, mask)
+                    loss = p.vf_coef * v_loss
+                self._apply(self.critic.optimizer, tape, loss, self.critic.model.trainable_variables)
+        first = None
+        for _ in range(p.update_actor_times):
+            with tf.GradientTape() as tape:
+                losses = self.sequence_losses(mb, critic=False)
+            if first is None:  # the statistics of the minibatch before this round's first step on it
+                first = losses
+            self._apply(self.actor.optimizer, tape, losses["loss"], self._actor_variables())
+        if self.shared:
+            v_loss = first["value_loss"]
+        return tf.stack([first["policy_loss"], v_loss, first["entropy"], first["approx_kl"], first["clip_fraction"]])
+
     def advantages(self, segments: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Values, advantages and returns of rollout segments ``(workers, steps, envs, ...)``, flattened."""
         p = self.params
@@ -311,30 +426,54 @@ class PPO:
             for spec in self.models.values():
                 spec.optimizer.learning_rate = spec.learning_rate * remaining
         self.rounds_done += 1
-        step = self._compiled("step")
-        sums, count, epochs = np.zeros(5), 0, 0
-        for epoch in range(p.update_epochs):
-            epochs += 1
-            order = self.rng.permutation(n)
-            stop = False
-            for start in range(0, n, p.batch_size):
-                idx = order[start:start + p.batch_size]
-                if len(idx) < 2 and n >= 2:
-                    continue  # a one-sample minibatch has no advantage statistics to normalise by
-                metrics = step({k: v[idx] for k, v in data.items()}).numpy()
-                sums += metrics
-                count += 1
-                if p.target_kl is not None and metrics[3] > 1.5 * p.target_kl:
-                    stop = True
-                    break
-            if stop:
-                break
+        if self.recurrent:
+            sums, count, epochs = self._train_sequences(segments, data)
+        else:
+            sums, count, epochs = self._train_flat(data)
         explained = 1.0 - np.var(data["return"] - data["value"]) / max(np.var(data["return"]), 1e-12)
         for name in self.norm_names:
             self.obs_rms[name].update(data[name])
             self.norm_mean[name].assign(self.obs_rms[name].mean.astype(np.float32))
             self.norm_var[name].assign(self.obs_rms[name].var.astype(np.float32))
         return np.concatenate([sums / max(count, 1), [explained, epochs]])
+
+    def _train_flat(self, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int, int]:
+        """The epochs of a round over shuffled single steps; returns (summed metrics, minibatches, epochs)."""
+        n = len(data["advantage"])
+        return self._epochs(self._compiled("step"), data, np.ones(n), self.params.batch_size)
+
+    def _train_sequences(self, segments: Mapping[str, np.ndarray],
+                         data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int, int]:
+        """The epochs of a round over shuffled chunks of ``sequence_length`` steps (recurrent actor)."""
+        p = self.params
+        shape = segments["reward"].shape[:3]
+        columns = {k: v.reshape(shape + v.shape[1:]) for k, v in data.items()}
+        done = np.maximum(segments["terminated"], segments["truncated"]) > 0
+        chunks = to_sequences(columns, done, p.sequence_length)
+        return self._epochs(self._compiled("sequence_step"), chunks, chunks["mask"].sum(axis=1),
+                            p.sequences_per_batch)
+
+    def _epochs(self, step: Any, columns: Mapping[str, np.ndarray], real: np.ndarray,
+                per_batch: int) -> tuple[np.ndarray, int, int]:
+        """``update_epochs`` passes over freshly shuffled minibatches of ``per_batch`` units (steps,
+        or chunks holding ``real`` steps each), stopping early on ``target_kl``; returns (summed
+        metrics, minibatches, epochs)."""
+        p = self.params
+        total = real.sum()
+        sums, count, epochs = np.zeros(5), 0, 0
+        for _ in range(p.update_epochs):
+            epochs += 1
+            order = self.rng.permutation(len(real))
+            for start in range(0, len(order), per_batch):
+                idx = order[start:start + per_batch]
+                if real[idx].sum() < 2 and total >= 2:
+                    continue  # a one-step minibatch has no advantage statistics to normalise by
+                metrics = step({k: v[idx] for k, v in columns.items()}).numpy()
+                sums += metrics
+                count += 1
+                if p.target_kl is not None and metrics[3] > 1.5 * p.target_kl:
+                    return sums, count, epochs
+        return sums, count, epochs
 
     # --- weights -------------------------------------------------------------------------------
     def actor_weights(self) -> list[np.ndarray]:

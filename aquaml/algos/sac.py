@@ -21,7 +21,7 @@ from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
 from aquaml.model import ModelSpec, model_state_groups, save_models
-from aquaml.recurrent import flatten_time, sequence_mask, unroll
+from aquaml.recurrent import flatten_time, sequence_mask, unroll, weighted_mean
 
 
 def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -149,17 +149,18 @@ class SAC:
     @staticmethod
     def critic_loss(q1: tf.Tensor, q2: tf.Tensor, target: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
         """``0.5 * mean((Q1 - y)^2) + 0.5 * mean((Q2 - y)^2)`` (means weighted by ``weights`` if given)."""
-        return 0.5 * _mean(tf.square(q1 - target), weights) + 0.5 * _mean(tf.square(q2 - target), weights)
+        return (0.5 * weighted_mean(tf.square(q1 - target), weights)
+                + 0.5 * weighted_mean(tf.square(q2 - target), weights))
 
     @staticmethod
     def actor_loss(log_prob: tf.Tensor, q1: tf.Tensor, q2: tf.Tensor, alpha: tf.Tensor,
                    weights: tf.Tensor | None = None) -> tf.Tensor:
         """``mean(alpha * log pi(a|o) - min(Q1, Q2)(o, a))`` with ``a`` reparameterised."""
-        return _mean(alpha * log_prob - tf.minimum(q1, q2), weights)
+        return weighted_mean(alpha * log_prob - tf.minimum(q1, q2), weights)
 
     def alpha_loss(self, log_alpha: tf.Tensor, log_prob: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
         """``-mean(log_alpha * (log pi + target_entropy))``: raises alpha while entropy is too low."""
-        return -_mean(log_alpha * tf.stop_gradient(log_prob + self.target_entropy), weights)
+        return -weighted_mean(log_alpha * tf.stop_gradient(log_prob + self.target_entropy), weights)
 
     # --- policy --------------------------------------------------------------------------------
     def _actor_variables(self) -> list:
@@ -318,7 +319,7 @@ class SAC:
         if self.params.auto_alpha:
             self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
         self._update_targets()
-        return tf.stack([qf_loss, pi_loss, a_loss, alpha, -_mean(log_prob, mask), _mean(q1, mask)])
+        return tf.stack([qf_loss, pi_loss, a_loss, alpha, -weighted_mean(log_prob, mask), weighted_mean(q1, mask)])
 
     def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
         """One gradient step on every network; returns the metrics in ``metric_names`` order."""
@@ -374,13 +375,6 @@ class SAC:
             state["log_std"] = self.log_std.numpy()
         save_models(directory, self.models, "sac_state.npz", state)
 
-
-
-def _mean(x: tf.Tensor, weights: tf.Tensor | None) -> tf.Tensor:
-    """The mean of ``x``, or its ``weights``-weighted mean (0 when every weight is 0)."""
-    if weights is None:
-        return tf.reduce_mean(x)
-    return tf.reduce_sum(weights * x) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
 #: The reference AquaML's name for SAC.
