@@ -308,11 +308,7 @@ class PPO:
             advantage = (advantage - mean) * tf.math.rsqrt(var + 1e-8)
         obs = self._normalize(mb)
         if not self.shared:
-            for _ in range(p.update_critic_times):
-                with tf.GradientTape() as tape:
-                    v_loss = self.value_loss(self._value_normalized(obs), mb["value"], mb["return"], p.clip_range_vf)
-                    loss = p.vf_coef * v_loss
-                self._apply(self.critic.optimizer, tape, loss, self.critic.model.trainable_variables)
+            v_loss = self._train_critic(obs, mb["value"], mb["return"])
         first = None
         for _ in range(p.update_actor_times):
             with tf.GradientTape() as tape:
@@ -374,17 +370,24 @@ class PPO:
                 losses["loss"] += p.vf_coef * losses["value_loss"]
         return losses
 
+    def _train_critic(self, obs: Mapping[str, tf.Tensor], old_value: tf.Tensor, returns: tf.Tensor,
+                      weights: tf.Tensor | None = None) -> tf.Tensor:
+        """``update_critic_times`` steps of the separate critic on normalised observations; returns
+        the last value loss."""
+        p = self.params
+        for _ in range(p.update_critic_times):
+            with tf.GradientTape() as tape:
+                v_loss = self.value_loss(self._value_normalized(obs), old_value, returns, p.clip_range_vf, weights)
+                loss = p.vf_coef * v_loss
+            self._apply(self.critic.optimizer, tape, loss, self.critic.model.trainable_variables)
+        return v_loss
+
     def _sequence_train_step(self, mb: Mapping[str, tf.Tensor]) -> tf.Tensor:
         p = self.params
         if not self.shared:  # the critic is per step: every real step of the chunks is one sample
-            mask = flatten_time(mb["mask"])
             obs = self._normalize({n: flatten_time(mb[n]) for n in self.value_inputs})
-            old_value, returns = flatten_time(mb["value"]), flatten_time(mb["return"])
-            for _ in range(p.update_critic_times):
-                with tf.GradientTape() as tape:
-                    v_loss = self.value_loss(self._value_normalized(obs), old_value, returns, p.clip_range_vf, mask)
-                    loss = p.vf_coef * v_loss
-                self._apply(self.critic.optimizer, tape, loss, self.critic.model.trainable_variables)
+            v_loss = self._train_critic(obs, flatten_time(mb["value"]), flatten_time(mb["return"]),
+                                        flatten_time(mb["mask"]))
         first = None
         for _ in range(p.update_actor_times):
             with tf.GradientTape() as tape:

@@ -213,21 +213,7 @@ class SAC:
         if self.recurrent:
             return self._sequence_update_step(batch)
         alpha = self.alpha
-        next_action, next_log_prob = self.policy(batch, "next_")
-        target = tf.stop_gradient(self.critic_target(
-            batch["reward"], batch["terminated"],
-            self._q(self.targets["qf1"], self.qf1, batch, next_action, "next_"),
-            self._q(self.targets["qf2"], self.qf2, batch, next_action, "next_"),
-            next_log_prob, alpha))
-
-        q_vars = [self.qf1.model.trainable_variables, self.qf2.model.trainable_variables]
-        with tf.GradientTape() as tape:
-            q1 = self._q(self.qf1.model, self.qf1, batch, batch["action"])
-            q2 = self._q(self.qf2.model, self.qf2, batch, batch["action"])
-            qf_loss = self.critic_loss(q1, q2, target)
-        grads = tape.gradient(qf_loss, q_vars)
-        for spec, g, v in zip((self.qf1, self.qf2), grads, q_vars):
-            spec.optimizer.apply_gradients(zip(g, v))
+        qf_loss, q1 = self._train_critics(batch, self._target(batch, alpha))
 
         actor_vars = self._actor_variables()
         with tf.GradientTape() as tape:
@@ -235,14 +221,44 @@ class SAC:
             pi_loss = self.actor_loss(log_prob, self._q(self.qf1.model, self.qf1, batch, action),
                                       self._q(self.qf2.model, self.qf2, batch, action), alpha)
         self.actor.optimizer.apply_gradients(zip(tape.gradient(pi_loss, actor_vars), actor_vars))
-
-        with tf.GradientTape() as tape:
-            a_loss = self.alpha_loss(self.log_alpha, log_prob)
-        if self.params.auto_alpha:
-            self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
-
+        a_loss = self._train_alpha(log_prob)
         self._update_targets()
         return tf.stack([qf_loss, pi_loss, a_loss, alpha, -tf.reduce_mean(log_prob), tf.reduce_mean(q1)])
+
+    def _target(self, data: Mapping[str, tf.Tensor], alpha: tf.Tensor) -> tf.Tensor:
+        """The critics' target for every transition of ``data``, a constant to the optimisers."""
+        next_action, next_log_prob = self.policy(data, "next_")
+        return tf.stop_gradient(self.critic_target(
+            data["reward"], data["terminated"],
+            self._q(self.targets["qf1"], self.qf1, data, next_action, "next_"),
+            self._q(self.targets["qf2"], self.qf2, data, next_action, "next_"),
+            next_log_prob, alpha))
+
+    def _critic_losses(self, data: Mapping[str, tf.Tensor], target: tf.Tensor,
+                       weights: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """The twin critics' loss on the stored actions, and Q1 of them."""
+        q1 = self._q(self.qf1.model, self.qf1, data, data["action"])
+        q2 = self._q(self.qf2.model, self.qf2, data, data["action"])
+        return self.critic_loss(q1, q2, target, weights), q1
+
+    def _train_critics(self, data: Mapping[str, tf.Tensor], target: tf.Tensor,
+                       weights: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """One gradient step of both critics; returns their loss and Q1."""
+        q_vars = [self.qf1.model.trainable_variables, self.qf2.model.trainable_variables]
+        with tf.GradientTape() as tape:
+            qf_loss, q1 = self._critic_losses(data, target, weights)
+        grads = tape.gradient(qf_loss, q_vars)
+        for spec, g, v in zip((self.qf1, self.qf2), grads, q_vars):
+            spec.optimizer.apply_gradients(zip(g, v))
+        return qf_loss, q1
+
+    def _train_alpha(self, log_prob: tf.Tensor, weights: tf.Tensor | None = None) -> tf.Tensor:
+        """One step of the temperature (when it is learned); returns its loss."""
+        with tf.GradientTape() as tape:
+            a_loss = self.alpha_loss(self.log_alpha, log_prob, weights)
+        if self.params.auto_alpha:
+            self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
+        return a_loss
 
     def _update_targets(self) -> None:
         tau = self.params.tau
@@ -269,16 +285,6 @@ class SAC:
         mask = tf.reshape(sequence_mask(batch["terminated"], batch["truncated"], p.burn_in), [-1])
         return outs, flat, mask
 
-    def _sequence_target(self, flat: Mapping[str, tf.Tensor], alpha: tf.Tensor) -> tf.Tensor:
-        next_out = self._actor_outputs(flat, "next_")
-        next_action, next_log_prob = squashed_gaussian_sample(
-            next_out["action"], next_out["log_std"], self._noise(tf.shape(next_out["action"])))
-        return tf.stop_gradient(self.critic_target(
-            flat["reward"], flat["terminated"],
-            self._q(self.targets["qf1"], self.qf1, flat, next_action, "next_"),
-            self._q(self.targets["qf2"], self.qf2, flat, next_action, "next_"),
-            next_log_prob, alpha))
-
     def _sequence_actor_loss(self, outs: Mapping[str, tf.Tensor], flat: Mapping[str, tf.Tensor],
                              mask: tf.Tensor, alpha: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         action, log_prob = squashed_gaussian_sample(outs["action"], outs["log_std"],
@@ -291,10 +297,8 @@ class SAC:
         changing any weight."""
         alpha = self.alpha
         outs, flat, mask = self.replay_sequences(batch)
-        target = self._sequence_target(flat, alpha)
-        q1 = self._q(self.qf1.model, self.qf1, flat, flat["action"])
-        q2 = self._q(self.qf2.model, self.qf2, flat, flat["action"])
-        return self.critic_loss(q1, q2, target, mask), self._sequence_actor_loss(outs, flat, mask, alpha)[0]
+        qf_loss, _ = self._critic_losses(flat, self._target(flat, alpha), mask)
+        return qf_loss, self._sequence_actor_loss(outs, flat, mask, alpha)[0]
 
     def _sequence_update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
         alpha = self.alpha
@@ -302,22 +306,10 @@ class SAC:
         with tf.GradientTape() as actor_tape:
             outs, flat, mask = self.replay_sequences(batch)  # once, for both losses
             with actor_tape.stop_recording():
-                target = self._sequence_target(flat, alpha)
-                q_vars = [self.qf1.model.trainable_variables, self.qf2.model.trainable_variables]
-                with tf.GradientTape() as tape:
-                    q1 = self._q(self.qf1.model, self.qf1, flat, flat["action"])
-                    q2 = self._q(self.qf2.model, self.qf2, flat, flat["action"])
-                    qf_loss = self.critic_loss(q1, q2, target, mask)
-                grads = tape.gradient(qf_loss, q_vars)
-                for spec, g, v in zip((self.qf1, self.qf2), grads, q_vars):
-                    spec.optimizer.apply_gradients(zip(g, v))
+                qf_loss, q1 = self._train_critics(flat, self._target(flat, alpha), mask)
             pi_loss, log_prob = self._sequence_actor_loss(outs, flat, mask, alpha)
         self.actor.optimizer.apply_gradients(zip(actor_tape.gradient(pi_loss, actor_vars), actor_vars))
-
-        with tf.GradientTape() as tape:
-            a_loss = self.alpha_loss(self.log_alpha, log_prob, mask)
-        if self.params.auto_alpha:
-            self.alpha_optimizer.apply_gradients([(tape.gradient(a_loss, self.log_alpha), self.log_alpha)])
+        a_loss = self._train_alpha(log_prob, mask)
         self._update_targets()
         return tf.stack([qf_loss, pi_loss, a_loss, alpha, -weighted_mean(log_prob, mask), weighted_mean(q1, mask)])
 
