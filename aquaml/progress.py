@@ -106,5 +106,8 @@ def episode_row(episodes: list) -> dict[str, float]:
 
 def evaluate_policy(starter: Any, episodes: int) -> dict[str, float]:
     """Deterministic evaluation of the starter's current policy on its evaluation environment."""
-    return evaluate(starter.eval_envs, starter.obs_info, starter.algo.act, episodes,
-                    seed=starter.params.seed + 1_000_003)
+    policy = getattr(starter, "_eval_policy", None)
+    if policy is None:  # numpy where the actor allows (aquaml.inference); built once per run
+        policy = starter._eval_policy = starter.algo.host_policy(starter.params.seed)
+    policy.sync()  # the weights as they are now, fixed for the whole evaluation
+    return evaluate(starter.eval_envs, starter.obs_info, policy, episodes, seed=starter.params.seed + 1_000_003)

@@ -407,11 +407,16 @@ class _RolloutLoop(_OneProcessLoop):
     def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
         super().__init__(starter, logger, stop)
         self.rounds_done = 0
+        # the weights change once per round: the worker acts in numpy where the actor allows
+        # (aquaml.inference), synced before each round, as a worker rank does
+        self.policy = starter.algo.host_policy(self.p.seed + 7919)
+        starter.worker.policy = self.policy
 
     def run(self) -> dict[str, float]:
         p, worker, algo = self.p, self.s.worker, self.s.algo
         rounds = p.rounds(1)
         while self.rounds_done < rounds and not self.stop.requested:
+            self.policy.sync()
             for _ in range(p.rollout_steps):
                 self.progress.add_episodes(worker.step())
             self.progress.add_metrics(algo.train(self.s.buffer.segments()))
@@ -422,8 +427,9 @@ class _RolloutLoop(_OneProcessLoop):
         return self.progress.final
 
     def loop_state(self) -> dict:
-        return {"rounds_done": self.rounds_done}
+        return {"rounds_done": self.rounds_done, "act_rng": self.policy.rng.bit_generator.state}
 
     def load_loop_state(self, state: dict) -> None:
         self.rounds_done = state["rounds_done"]
+        self.policy.rng.bit_generator.state = state["act_rng"]
         self.s.buffer.restart_at(self.rounds_done)

@@ -1,12 +1,14 @@
 """Sampling throughput with a latency-bound environment (2 ms per step) and 1, 2, 4, 8 worker ranks.
 
     .venv/bin/python benchmarks/scaling_latency.py [--workers 1 2 4 8] [--steps-per-worker 1500]
+                                                   [--random-actions | --tf-act]
 
 Each configuration is one ``mpiexec -n workers+1`` run of an RLTaskStarter whose optimizer collects
 but never trains (learning_starts above the budget). Workers act with the actor (no random warm-up)
 on Pendulum-v1 whose every step also sleeps 2 ms, like a remote simulator. Throughput is taken
 between the first and last progress.csv rows, so start-up is excluded. Target at 8 workers:
->= 0.9 x 8 the one-worker figure.
+>= 0.9 x 8 the one-worker figure. Workers act in numpy (aquaml.inference), as by default;
+``--tf-act`` makes them act through TensorFlow (``AQUAML_ACT_BACKEND=tensorflow``) for comparison.
 """
 import argparse
 import csv
@@ -37,11 +39,12 @@ def task(steps: int, run_root: str, random_actions: bool) -> None:
                   run_root=run_root, name="scaling", verbose=False, tensorboard=False).run()
 
 
-def measure(workers: int, steps_per_worker: int, random_actions: bool) -> float:
+def measure(workers: int, steps_per_worker: int, random_actions: bool, tf_act: bool) -> float:
     with tempfile.TemporaryDirectory() as root:
         cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(workers + 1), sys.executable, HERE,
                "--task", str(workers * steps_per_worker), "--run-root", root] + ["--random-actions"] * random_actions
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = {**os.environ, "AQUAML_ACT_BACKEND": "tensorflow" if tf_act else "numpy"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         with open(os.path.join(root, "scaling", "progress.csv")) as f:
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--steps-per-worker", type=int, default=1500)
     parser.add_argument("--random-actions", action="store_true", help="act uniformly at random (no actor calls)")
+    parser.add_argument("--tf-act", action="store_true", help="act through TensorFlow, not numpy")
     parser.add_argument("--task", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -63,10 +67,11 @@ def main() -> None:
         return task(args.task, args.run_root, args.random_actions)
     base = None
     for w in args.workers:
-        rate = measure(w, args.steps_per_worker, args.random_actions)
+        rate = measure(w, args.steps_per_worker, args.random_actions, args.tf_act)
         base = base or rate / w
         print(f"scaling_latency workers={w} steps_per_s={rate:.0f} speedup={rate / base:.2f} "
-              f"(ideal {w}) actions={'random' if args.random_actions else 'actor'}", flush=True)
+              f"(ideal {w}) actions={'random' if args.random_actions else 'actor'}"
+              f"{'' if args.random_actions else ' act=' + ('tensorflow' if args.tf_act else 'numpy')}", flush=True)
     if 8 in args.workers:
         print(f"target at 8 workers: >= {0.9 * 8:.1f}x one worker")
 

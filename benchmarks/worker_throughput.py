@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/worker_throughput.py [--steps 20000] [--envs 1 8 32 64]
 
 The raw loop steps ``gym.make('Pendulum-v1')`` with ``action_space.sample()``. The aquaml worker
-acts with tutorial1's 256x256 actor (one batched call per step for all its environments),
-validates, and writes every transition into a replay buffer in an MPI shared window. Prints the
-ratio of the two throughputs per ``envs_per_worker``; target >= 0.5.
+acts with tutorial1's 256x256 actor as a worker rank does (``algo.host_policy``: the traced act
+graph run in numpy, one batched call per step for all its environments), validates, and writes
+every transition into a replay buffer in an MPI shared window. Prints the ratio of the two
+throughputs per ``envs_per_worker``; target >= 0.5. ``--tf-act`` acts through TensorFlow instead
+(``AQUAML_ACT_BACKEND=tensorflow``), for comparison.
 """
 import argparse
 import os
@@ -30,7 +32,7 @@ def raw_gymnasium(steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def aquaml_worker(steps: int, n_envs: int) -> float:
+def aquaml_worker(steps: int, n_envs: int, tf_act: bool) -> tuple[float, str]:
     from tutorial1 import Actor_net, PendulumWrapper, Q_net
 
     from aquaml import SACParameters
@@ -47,7 +49,8 @@ def aquaml_worker(steps: int, n_envs: int) -> float:
     sac = SAC(models, envs[0].obs_info, action_info, SACParameters())
     store = SharedArrayStore(mpi().COMM_SELF)
     buffer = ReplayBuffer(sac.batch_info, steps + n_envs, 1, store)
-    worker = Worker(envs, envs[0].obs_info, action_info, sac.act, buffer)
+    policy = sac.host_policy(0, numpy=not tf_act)
+    worker = Worker(envs, envs[0].obs_info, action_info, policy, buffer)
     for _ in range(20):
         worker.step()
     start, done = time.perf_counter(), worker.steps
@@ -55,20 +58,21 @@ def aquaml_worker(steps: int, n_envs: int) -> float:
         worker.step()
     rate = (worker.steps - done) / (time.perf_counter() - start)
     store.close()
-    return rate
+    return rate, policy.backend
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--tf-act", action="store_true", help="act through TensorFlow, not numpy")
     args = parser.parse_args()
     limit_tf_threads(1, 1)
     raw = raw_gymnasium(args.steps)
     print(f"raw gymnasium Pendulum-v1 random actions: {raw:.0f} steps/s")
     for n in args.envs:
-        rate = aquaml_worker(args.steps, n)
-        print(f"worker_throughput envs_per_worker={n} steps_per_s={rate:.0f} ratio_to_raw={rate / raw:.2f} "
+        rate, backend = aquaml_worker(args.steps, n, args.tf_act)
+        print(f"worker_throughput act={backend} envs_per_worker={n} steps_per_s={rate:.0f} ratio_to_raw={rate / raw:.2f} "
               f"target>=0.5 {'met' if rate / raw >= 0.5 else 'NOT met'}", flush=True)
 
 

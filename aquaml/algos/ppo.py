@@ -27,6 +27,7 @@ from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
                                   gaussian_log_prob)
+from aquaml.inference import HostPolicy
 from aquaml.model import ModelContractError, ModelSpec, is_discrete_action, model_state_groups, save_models
 from aquaml.normalizer import RunningMeanStd
 from aquaml.recurrent import flatten_time, unroll, weighted_mean
@@ -162,6 +163,10 @@ class PPO:
         act_sig = [obs_info.select(self.actor.input_names).tensor_specs()]
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_sig)
         self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_sig)
+        noise_shape = (action_info.meta("action")["n"],) if self.discrete else action_info.shape("action")
+        self._noise_shape = noise_shape
+        self._act_given_noise = tf.function(lambda obs, noise: self._act(obs, False, noise), input_signature=act_sig + [
+            tf.TensorSpec((None,) + noise_shape, tf.float32, name="noise")])
         self._values = tf.function(self._value, input_signature=[obs_info.select(self.value_inputs).tensor_specs()])
         self.minibatch_info = (obs_info.select(used).merge(self.batch_info.select(("sample", "log_prob")))
                                .add_info(("advantage", "return", "value"), ((), (), ()), np.float32))
@@ -255,19 +260,26 @@ class PPO:
             return tf.reshape(self._actor_outputs(obs)["value"], [-1])
         return tf.reshape(self.critic.model(*self.critic.inputs(obs)), [-1])
 
-    def _act(self, obs: Mapping[str, tf.Tensor], deterministic: bool) -> dict[str, tf.Tensor]:
+    def _act(self, obs: Mapping[str, tf.Tensor], deterministic: bool,
+             noise: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """Sample (or, deterministic, the mode) for ``obs``. ``noise``, when given, is the draw:
+        standard normal (continuous) or standard Gumbel per choice (discrete); zero gives the mode."""
         out = self._actor_outputs(self._normalize(obs))
         if self.discrete:
             logits = out["action"]
             if deterministic:
                 sample = tf.argmax(logits, axis=-1)
             else:  # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits)
-                u = self.noise.uniform(tf.shape(logits), minval=1e-12, maxval=1.0)
-                sample = tf.argmax(logits - tf.math.log(-tf.math.log(u)), axis=-1)
+                if noise is None:
+                    u = self.noise.uniform(tf.shape(logits), minval=1e-12, maxval=1.0)
+                    noise = -tf.math.log(-tf.math.log(u))
+                sample = tf.argmax(logits + noise, axis=-1)
             action = sample
         else:
             mean = out["action"]
-            sample = mean if deterministic else mean + tf.exp(out["log_std"]) * self.noise.normal(tf.shape(mean))
+            if noise is None and not deterministic:
+                noise = self.noise.normal(tf.shape(mean))
+            sample = mean if deterministic else mean + tf.exp(out["log_std"]) * noise
             action = tf.clip_by_value(sample, -1.0, 1.0)
         log_prob, _ = self.log_prob_entropy(out, sample)
         extra = {k: v for k, v in out.items() if k not in ("action", "log_std", "value")}
@@ -278,6 +290,16 @@ class PPO:
         and a recurrent actor's next state (``hidden1``, ...)."""
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")
         return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
+
+    def host_policy(self, seed: int, numpy: bool | None = None) -> HostPolicy:
+        """A policy with ``act``'s signature for code that knows when the weights change (worker
+        ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
+        ``seed``, weights (and normalisation statistics) taken at ``sync()``. See ``aquaml.inference``."""
+        shape = self._noise_shape
+        draw = ((lambda rng, n: rng.gumbel(size=(n,) + shape).astype(np.float32)) if self.discrete else
+                (lambda rng, n: rng.standard_normal((n,) + shape, dtype=np.float32)))
+        return HostPolicy(self._act_given_noise, draw, lambda n: np.zeros((n,) + shape, np.float32),
+                          self.actor.input_names, seed, numpy)
 
     def values(self, obs: Mapping[str, np.ndarray], chunk: int = 8192) -> np.ndarray:
         """V(obs) for a batch of any size, computed in chunks."""
@@ -496,10 +518,6 @@ class PPO:
             self.norm_mean[n].assign(weights[k])
             self.norm_var[n].assign(weights[k + 1])
             k += 2
-
-    def reseed_noise(self, seed: int) -> None:
-        """Restart the sampling noise stream (each worker rank gets its own)."""
-        self.noise.reset_from_seed(seed)
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""

@@ -20,6 +20,7 @@ from aquaml.algos.params import SACParameters
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
+from aquaml.inference import HostPolicy
 from aquaml.model import ModelSpec, model_state_groups, save_models
 from aquaml.recurrent import flatten_time, sequence_mask, unroll, weighted_mean
 
@@ -95,6 +96,9 @@ class SAC:
         act_signature = [obs_info.select(self.actor.input_names).tensor_specs()]
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_signature)
         self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_signature)
+        noise_spec = tf.TensorSpec((None,) + action_info.shape("action"), tf.float32, name="noise")
+        self._act_given_noise = tf.function(lambda obs, noise: self._act(obs, False, noise),
+                                            input_signature=act_signature + [noise_spec])
         self._update_act = tf.function(lambda batch, obs: (self._update_step(batch), self._act(obs, False)),
                                        input_signature=signature + act_signature, jit_compile=params.jit_compile)
         # Concrete functions are traced on first use (so tests can swap _noise first); calling them
@@ -188,12 +192,17 @@ class SAC:
         q = model(*spec.inputs(obs, prefix, action))
         return tf.reshape(q, [-1])
 
-    def _act(self, obs: Mapping[str, tf.Tensor], deterministic: bool) -> dict[str, tf.Tensor]:
+    def _act(self, obs: Mapping[str, tf.Tensor], deterministic: bool,
+             noise: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """The action for ``obs``: ``tanh(mean)``, or ``tanh(mean + std * noise)`` with standard normal
+        ``noise`` (drawn here when not given; zero noise is the deterministic action)."""
         out = self._actor_outputs(obs)
         if deterministic:
             action = tf.tanh(out["action"])
         else:
-            action, _ = squashed_gaussian_sample(out["action"], out["log_std"], self._noise(tf.shape(out["action"])))
+            if noise is None:
+                noise = self._noise(tf.shape(out["action"]))
+            action, _ = squashed_gaussian_sample(out["action"], out["log_std"], noise)
         extra = {k: v for k, v in out.items() if k not in ("action", "log_std")}
         return {"action": action, **extra}
 
@@ -201,6 +210,15 @@ class SAC:
         """Actions for a batch of observations: ``{'action': (batch, *action_shape), ...state}``."""
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")
         return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
+
+    def host_policy(self, seed: int, numpy: bool | None = None) -> HostPolicy:
+        """A policy with ``act``'s signature for code that knows when the weights change (worker
+        ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
+        ``seed``, weights taken at ``sync()``. See ``aquaml.inference``."""
+        shape = self.action_info.shape("action")
+        return HostPolicy(self._act_given_noise,
+                          lambda rng, n: rng.standard_normal((n,) + shape, dtype=np.float32),
+                          lambda n: np.zeros((n,) + shape, np.float32), self.actor.input_names, seed, numpy)
 
     def _compiled(self, name: str):
         fn = self._concrete.get(name)
@@ -338,10 +356,6 @@ class SAC:
         self.actor.model.set_weights(weights[:n])
         if self.log_std is not None:
             self.log_std.assign(weights[n])
-
-    def reseed_noise(self, seed: int) -> None:
-        """Restart the exploration noise stream (each worker rank gets its own)."""
-        self.noise.reset_from_seed(seed)
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""

@@ -288,9 +288,11 @@ class WorkerRole:
             self.warmup = share(self.p.warmup_steps, topo.num_workers, w)
         self.sender = None if topo.on_optimizer_node else TransitionSender(topo.comm, starter.algo.batch_info)
         sink = state.buffer if self.sender is None else self.sender
-        self.worker = Worker(starter.envs, starter.obs_info, starter.action_info, starter.algo.act, sink,
+        # acts in numpy where the actor allows (aquaml.inference), with its own noise stream;
+        # it takes new weights when _load_weights syncs it
+        self.policy = starter.algo.host_policy(self.p.seed + 7919 + 104_729 * (w + 1))
+        self.worker = Worker(starter.envs, starter.obs_info, starter.action_info, self.policy, sink,
                              slice_index=w, seed=self.p.seed + 1000 * (w + 1))
-        starter.algo.reseed_noise(self.p.seed + 7919 + 104_729 * (w + 1))
         self.version = 0
         self.snapshot_sender = SnapshotSender(topo.comm)
         # async: the steps at which this worker snapshots itself, its share of each checkpoint mark
@@ -303,11 +305,11 @@ class WorkerRole:
         if state is None:
             return
         self.worker.load_state_dict(state["worker"])
-        self.s.algo.noise.state.assign(state["noise"])
+        self.policy.rng.bit_generator.state = state["act_rng"]
         self.marks_sent = sum(1 for t in self.thresholds if t <= self.worker.steps)
 
     def snapshot(self) -> dict:
-        return {"worker": self.worker.state_dict(), "noise": self.s.algo.noise.state.numpy()}
+        return {"worker": self.worker.state_dict(), "act_rng": self.policy.rng.bit_generator.state}
 
     def _maybe_snapshot(self) -> None:
         """After a step: snapshot at the end of a round (sync) or on reaching a mark (async)."""
@@ -348,6 +350,7 @@ class WorkerRole:
         if got is not None:
             self.version, weights = got
             self.s.algo.set_actor_weights(weights)
+            self.policy.sync()
 
     def _stopping(self) -> bool:
         return self.stop.requested or bool(self.state.control[STOP])
