@@ -205,7 +205,7 @@ class NumpyGraph:
     at construction when an op the outputs need has no numpy form here.
     """
 
-    def __init__(self, concrete: Any) -> None:
+    def __init__(self, concrete: Any, weights: Sequence[Any] = ()) -> None:
         graph = concrete.graph
         outputs = concrete.structured_outputs
         flat_out = tf.nest.flatten(outputs)
@@ -253,6 +253,9 @@ class NumpyGraph:
                                       tuple(slot(t) for t in op.outputs)))
             else:
                 raise UnsupportedGraph(f"op {op.type} ({op.name}) has no numpy form here")
+        # the variables of ``weights`` this graph reads: load() takes their values straight from arrays
+        index = {id(v.handle): i for i, v in enumerate(weights)}
+        self._weight_slots = [(i, index[id(handle)]) for i, handle, _ in self._variables if id(handle) in index]
         self._out_slots = [slot(t) for t in flat_out]
         self._size = len(slots)
         self._base: list = [None] * self._size
@@ -264,6 +267,12 @@ class NumpyGraph:
         """Read every variable the graph uses (their values are held until the next sync)."""
         for i, handle, dtype in self._variables:
             self._base[i] = tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype).numpy()
+
+    def load(self, weights: Sequence[np.ndarray]) -> None:
+        """Take new values of the construction's ``weights`` variables (same order), without
+        touching the variables themselves."""
+        for i, k in self._weight_slots:
+            self._base[i] = np.array(weights[k], dtype=self._base[i].dtype)
 
     def __call__(self, *args: np.ndarray):
         vals = list(self._base)
@@ -296,22 +305,26 @@ class HostPolicy:
         input_names: the observation entries ``act`` reads.
         seed: seeds ``rng``, the exploration noise stream.
         numpy: False to always run ``act`` through TensorFlow (default: ``numpy_backend_default()``).
+        weights: the variables of ``set_weights``'s list, in its order.
+        set_weights: loads such a list into the variables (how ``load`` reaches the TensorFlow path).
     """
 
     def __init__(self, act: Any, noise: Callable[[np.random.Generator, int], np.ndarray],
                  zero_noise: Callable[[int], np.ndarray], input_names: Sequence[str], seed: int = 0,
-                 numpy: bool | None = None) -> None:
+                 numpy: bool | None = None, weights: Sequence[Any] = (),
+                 set_weights: Callable[[list], None] | None = None) -> None:
         if numpy is None:
             numpy = numpy_backend_default()
         self._concrete = act.get_concrete_function()
         self._noise, self._zero_noise = noise, zero_noise
+        self._weights, self._set_weights = list(weights), set_weights
         self._names = sorted(input_names)  # tf.nest's order for a dict
         self.rng = np.random.default_rng(seed)
         self._graph: NumpyGraph | None = None
         self.backend, self.reason = "tensorflow", f"{BACKEND_VARIABLE}=tensorflow"
         if numpy:
             try:
-                self._graph = NumpyGraph(self._concrete)
+                self._graph = NumpyGraph(self._concrete, weights)
                 self.backend, self.reason = "numpy", ""
                 self._check_against_tensorflow(seed)
             except UnsupportedGraph as exc:
@@ -342,6 +355,18 @@ class HostPolicy:
         """Take the current weights (after they were published, loaded or trained)."""
         if self._graph is not None:
             self._graph.sync()
+
+    def load(self, weights: list[np.ndarray]) -> None:
+        """Act with ``weights`` (in ``set_weights``'s order) from now on. The numpy path copies them
+        into its program (tens of microseconds; a worker loads weights after every update), the
+        TensorFlow path sets the variables; either way ``sync()`` is not needed after it."""
+        if self._graph is not None and len(weights) == len(self._weights):
+            self._graph.load(weights)
+        elif self._set_weights is not None:
+            self._set_weights(weights)
+            self.sync()
+        else:
+            raise ValueError("this HostPolicy was built without set_weights")
 
     def __call__(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         n = len(obs[self._names[0]])

@@ -21,12 +21,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(ranks: int, seed: int, steps: int, eval_interval: int, threshold: float) -> tuple[float, float | None, int | None, float]:
+def run(ranks: int, seed: int, steps: int, eval_interval: int, threshold: float,
+        extra: list[str]) -> tuple[float, float | None, int | None, float]:
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         cmd = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(ranks), sys.executable,
                os.path.join(ROOT, "tutorials", "tutorial1.py"), "--steps", str(steps), "--seed", str(seed),
-               "--eval-interval", str(eval_interval), "--run-root", root, "--name", "bench"]
+               "--eval-interval", str(eval_interval), "--run-root", root, "--name", "bench"] + extra
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
@@ -45,15 +46,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--threshold", type=float, default=-200.0)
     parser.add_argument("--eval-interval", type=int, default=1000)
+    parser.add_argument("--learning-starts", type=int, default=None, help="passed to tutorial1 (its default: 1000)")
     args = parser.parse_args()
+    extra = [] if args.learning_starts is None else ["--learning-starts", str(args.learning_starts)]
     finals, times = [], []
     for seed in args.seeds:
-        final, t, step, wall = run(args.ranks, seed, args.steps, args.eval_interval, args.threshold)
+        final, t, step, wall = run(args.ranks, seed, args.steps, args.eval_interval, args.threshold, extra)
         finals.append(final)
         times.append(t if t is not None else float("inf"))
         print(f"ranks={args.ranks} seed={seed} final_eval_return={final:.1f} "
               f"reached_{args.threshold:g}_at_step={step} after_s={t} process_wall_s={wall:.1f}", flush=True)
-    print(f"mpi_pendulum_return ranks={args.ranks} steps={args.steps} median_final={statistics.median(finals):.1f} "
+    print(f"mpi_pendulum_return ranks={args.ranks} steps={args.steps} {' '.join(extra)} median_final={statistics.median(finals):.1f} "
           f"median_time_to_{args.threshold:g}_s={statistics.median(times):.1f}")
 
 

@@ -57,6 +57,26 @@ def test_new_weights_are_used_after_sync_and_not_before():
     np.testing.assert_allclose(after, sac.act(obs, True)["action"], rtol=1e-5, atol=1e-6)
 
 
+def test_loaded_weights_act_like_weights_set_on_the_model():
+    for numpy in (True, False):
+        sac = tutorial1_sac()
+        policy = sac.host_policy(0, numpy=numpy)
+        new = [w * 1.1 + 0.01 for w in sac.actor_weights()]
+        policy.load(new)
+        obs = {"obs": np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)}
+        loaded = policy(obs, True)
+        sac.set_actor_weights(new)
+        same_outputs(loaded, sac.act(obs, True))
+    ppo = make_ppo(DataInfo("action", (2,)), {"actor": lambda: Actor(2), "critic": Critic}, normalize_obs=True)
+    policy = ppo.host_policy(0)
+    new = [w + 0.5 for w in ppo.actor_weights()]  # the observation statistics travel in it too
+    policy.load(new)
+    obs = {"obs": np.ones((3, 3), np.float32)}
+    loaded = policy(obs, True)
+    ppo.set_actor_weights(new)
+    same_outputs(loaded, ppo.act(obs, True))
+
+
 def test_recurrent_actor_returns_the_same_next_state_as_tensorflow():
     t2 = load_tutorial("tutorial2")
     units = t2.LSTM_UNITS

@@ -299,7 +299,7 @@ class PPO:
         draw = ((lambda rng, n: rng.gumbel(size=(n,) + shape).astype(np.float32)) if self.discrete else
                 (lambda rng, n: rng.standard_normal((n,) + shape, dtype=np.float32)))
         return HostPolicy(self._act_given_noise, draw, lambda n: np.zeros((n,) + shape, np.float32),
-                          self.actor.input_names, seed, numpy)
+                          self.actor.input_names, seed, numpy, self._actor_weight_variables(), self.set_actor_weights)
 
     def values(self, obs: Mapping[str, np.ndarray], chunk: int = 8192) -> np.ndarray:
         """V(obs) for a batch of any size, computed in chunks."""
@@ -501,6 +501,11 @@ class PPO:
         return sums, count, epochs
 
     # --- weights -------------------------------------------------------------------------------
+    def _actor_weight_variables(self) -> list:
+        """The variables behind ``actor_weights()``, in its order."""
+        return (list(self.actor.model.weights) + ([] if self.log_std is None else [self.log_std])
+                + [v for n in self.norm_names for v in (self.norm_mean[n], self.norm_var[n])])
+
     def actor_weights(self) -> list[np.ndarray]:
         """What acting needs: actor weights, the global log_std if any, the observation statistics."""
         extra = [] if self.log_std is None else [self.log_std.numpy()]

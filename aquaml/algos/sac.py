@@ -218,7 +218,8 @@ class SAC:
         shape = self.action_info.shape("action")
         return HostPolicy(self._act_given_noise,
                           lambda rng, n: rng.standard_normal((n,) + shape, dtype=np.float32),
-                          lambda n: np.zeros((n,) + shape, np.float32), self.actor.input_names, seed, numpy)
+                          lambda n: np.zeros((n,) + shape, np.float32), self.actor.input_names, seed, numpy,
+                          self._actor_weight_variables(), self.set_actor_weights)
 
     def _compiled(self, name: str):
         fn = self._concrete.get(name)
@@ -345,6 +346,10 @@ class SAC:
         return metrics, {k: v.numpy() for k, v in out.items()}
 
     # --- weights -------------------------------------------------------------------------------
+    def _actor_weight_variables(self) -> list:
+        """The variables behind ``actor_weights()``, in its order."""
+        return list(self.actor.model.weights) + ([] if self.log_std is None else [self.log_std])
+
     def actor_weights(self) -> list[np.ndarray]:
         """What acting needs: the actor's weights, plus the global log_std when the actor has none."""
         extra = [] if self.log_std is None else [self.log_std.numpy()]

@@ -349,8 +349,7 @@ class WorkerRole:
         got = self.state.weights.read(self.version)
         if got is not None:
             self.version, weights = got
-            self.s.algo.set_actor_weights(weights)
-            self.policy.sync()
+            self.policy.load(weights)  # numpy: straight into the act program (~30 us, not ~1 ms)
 
     def _stopping(self) -> bool:
         return self.stop.requested or bool(self.state.control[STOP])
@@ -365,10 +364,10 @@ class WorkerRole:
             if not random and worker.steps >= self._allowed_steps():
                 if self.sender is not None:
                     self.sender.flush()
-                if self.sync:  # waiting for a whole training round
-                    backoff.sleep()
-                else:
-                    time.sleep(POLL_SECONDS)
+                # waiting for a training round (sync) or for updates (async): a worker held back
+                # is max_worker_lead steps ahead, so waking every few ms costs the optimizer
+                # nothing, where waking every 0.5 ms took 15% of a core per worker
+                backoff.sleep()
                 continue
             backoff.reset()
             self._load_weights()
