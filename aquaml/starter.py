@@ -431,5 +431,6 @@ class _RolloutLoop(_OneProcessLoop):
 
     def load_loop_state(self, state: dict) -> None:
         self.rounds_done = state["rounds_done"]
-        self.policy.rng.bit_generator.state = state["act_rng"]
+        if "act_rng" in state:  # checkpoints from before numpy acting kept TensorFlow's noise state
+            self.policy.rng.bit_generator.state = state["act_rng"]
         self.s.buffer.restart_at(self.rounds_done)

@@ -305,7 +305,8 @@ class WorkerRole:
         if state is None:
             return
         self.worker.load_state_dict(state["worker"])
-        self.policy.rng.bit_generator.state = state["act_rng"]
+        if "act_rng" in state:  # checkpoints from before numpy acting kept TensorFlow's noise state
+            self.policy.rng.bit_generator.state = state["act_rng"]
         self.marks_sent = sum(1 for t in self.thresholds if t <= self.worker.steps)
 
     def snapshot(self) -> dict:
