@@ -256,6 +256,8 @@ class NumpyGraph:
         # the variables of ``weights`` this graph reads: load() takes their values straight from arrays
         index = {id(v.handle): i for i, v in enumerate(weights)}
         self._weight_slots = [(i, index[id(handle)]) for i, handle, _ in self._variables if id(handle) in index]
+        #: whether load() covers every variable the graph reads (else it would leave some stale)
+        self.loads_all = len(self._weight_slots) == len(self._variables)
         self._out_slots = [slot(t) for t in flat_out]
         self._size = len(slots)
         self._base: list = [None] * self._size
@@ -360,7 +362,7 @@ class HostPolicy:
         """Act with ``weights`` (in ``set_weights``'s order) from now on. The numpy path copies them
         into its program (tens of microseconds; a worker loads weights after every update), the
         TensorFlow path sets the variables; either way ``sync()`` is not needed after it."""
-        if self._graph is not None and len(weights) == len(self._weights):
+        if self._graph is not None and self._graph.loads_all and len(weights) == len(self._weights):
             self._graph.load(weights)
         elif self._set_weights is not None:
             self._set_weights(weights)

@@ -61,6 +61,7 @@ def test_loaded_weights_act_like_weights_set_on_the_model():
     for numpy in (True, False):
         sac = tutorial1_sac()
         policy = sac.host_policy(0, numpy=numpy)
+        assert not numpy or policy._graph.loads_all  # the published arrays cover every variable it reads
         new = [w * 1.1 + 0.01 for w in sac.actor_weights()]
         policy.load(new)
         obs = {"obs": np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)}
@@ -69,6 +70,7 @@ def test_loaded_weights_act_like_weights_set_on_the_model():
         same_outputs(loaded, sac.act(obs, True))
     ppo = make_ppo(DataInfo("action", (2,)), {"actor": lambda: Actor(2), "critic": Critic}, normalize_obs=True)
     policy = ppo.host_policy(0)
+    assert policy._graph.loads_all
     new = [w + 0.5 for w in ppo.actor_weights()]  # the observation statistics travel in it too
     policy.load(new)
     obs = {"obs": np.ones((3, 3), np.float32)}
@@ -84,6 +86,7 @@ def test_recurrent_actor_returns_the_same_next_state_as_tensorflow():
     sac = make_sac({"actor": t2.Actor_net, "qf1": t2.Q_net, "qf2": t2.Q_net}, obs_info)
     fast, slow = sac.host_policy(1, numpy=True), sac.host_policy(1, numpy=False)
     assert fast.backend == "numpy", fast.reason
+    assert fast._graph.loads_all
     rng = np.random.default_rng(2)
     obs = {n: rng.normal(size=(3,) + sac.obs_info.shape(n)).astype(np.float32) for n in sac.actor.input_names}
     for _ in range(4):  # the state fed back step after step stays the same on both
