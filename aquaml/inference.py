@@ -301,26 +301,25 @@ class HostPolicy:
     """``policy(obs, deterministic) -> {'action': ..., ...}`` for workers and evaluation.
 
     Args:
-        act: a ``tf.function(obs_dict, noise)`` with an input signature, deterministic given the noise.
-        noise: ``noise(rng, batch) -> array`` of the noise input's shape for exploration.
-        zero_noise: ``zero_noise(batch)``: the noise for deterministic actions.
-        input_names: the observation entries ``act`` reads.
+        act: a ``tf.function(obs_dict, noise)`` with an input signature, deterministic given the noise
+            (the observation entries it reads and the noise's shape are taken from the signature).
         seed: seeds ``rng``, the exploration noise stream.
         numpy: False to always run ``act`` through TensorFlow (default: ``numpy_backend_default()``).
         weights: the variables of ``set_weights``'s list, in its order.
         set_weights: loads such a list into the variables (how ``load`` reaches the TensorFlow path).
+        gumbel: the exploration noise is standard Gumbel (Gumbel-max sampling of a discrete choice),
+            not standard normal. Deterministic actions get zero noise either way.
     """
 
-    def __init__(self, act: Any, noise: Callable[[np.random.Generator, int], np.ndarray],
-                 zero_noise: Callable[[int], np.ndarray], input_names: Sequence[str], seed: int = 0,
-                 numpy: bool | None = None, weights: Sequence[Any] = (),
-                 set_weights: Callable[[list], None] | None = None) -> None:
+    def __init__(self, act: Any, seed: int = 0, numpy: bool | None = None, weights: Sequence[Any] = (),
+                 set_weights: Callable[[list], None] | None = None, gumbel: bool = False) -> None:
         if numpy is None:
             numpy = numpy_backend_default()
         self._concrete = act.get_concrete_function()
-        self._noise, self._zero_noise = noise, zero_noise
+        obs_specs, noise_spec = self._concrete.structured_input_signature[0]
+        self._noise_shape, self._gumbel = tuple(noise_spec.shape[1:]), gumbel
         self._weights, self._set_weights = list(weights), set_weights
-        self._names = sorted(input_names)  # tf.nest's order for a dict
+        self._names = sorted(obs_specs)  # tf.nest's order for a dict
         self.rng = np.random.default_rng(seed)
         self._graph: NumpyGraph | None = None
         self.backend, self.reason = "tensorflow", f"{BACKEND_VARIABLE}=tensorflow"
@@ -371,8 +370,13 @@ class HostPolicy:
             raise ValueError("this HostPolicy was built without set_weights")
 
     def __call__(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
-        n = len(obs[self._names[0]])
-        noise = self._zero_noise(n) if deterministic else self._noise(self.rng, n)
+        shape = (len(obs[self._names[0]]),) + self._noise_shape
+        if deterministic:
+            noise = np.zeros(shape, np.float32)
+        elif self._gumbel:
+            noise = self.rng.gumbel(size=shape).astype(np.float32)
+        else:
+            noise = self.rng.standard_normal(shape, dtype=np.float32)
         if self._graph is not None:
             return self._graph(*[obs[k] for k in self._names], noise)
         return {k: v.numpy() for k, v in self._concrete({k: obs[k] for k in self._names}, noise).items()}

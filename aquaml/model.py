@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -126,6 +126,23 @@ def model_state_groups(models: Mapping[str, ModelSpec]) -> dict[str, list]:
     groups = {f"model/{k}": list(s.model.weights) for k, s in models.items()}
     groups.update({f"optim/{k}": list(s.optimizer.variables) for k, s in models.items()})
     return groups
+
+
+def read_variables(variables: Sequence[Any]) -> list[np.ndarray]:
+    """The values of ``variables``, as numpy arrays in the same order."""
+    return [np.asarray(v.numpy()) for v in variables]
+
+
+def assign_variables(variables: Sequence[Any], values: Sequence[np.ndarray], what: str) -> None:
+    """Assign ``values`` (in ``read_variables``' order) to ``variables``.
+
+    Raises:
+        ValueError: the count differs (``what`` names the list the values should have come from).
+    """
+    if len(values) != len(variables):
+        raise ValueError(f"{what} holds {len(variables)} arrays, got {len(values)}")
+    for v, value in zip(variables, values):
+        v.assign(value)
 
 
 def save_models(directory: str, models: Mapping[str, ModelSpec], state_file: str,

@@ -28,7 +28,8 @@ from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
                                   gaussian_log_prob)
 from aquaml.inference import HostPolicy
-from aquaml.model import ModelContractError, ModelSpec, is_discrete_action, model_state_groups, save_models
+from aquaml.model import (ModelContractError, ModelSpec, assign_variables, is_discrete_action, model_state_groups,
+                          read_variables, save_models)
 from aquaml.normalizer import RunningMeanStd
 from aquaml.recurrent import flatten_time, unroll, weighted_mean
 
@@ -164,7 +165,6 @@ class PPO:
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_sig)
         self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_sig)
         noise_shape = (action_info.meta("action")["n"],) if self.discrete else action_info.shape("action")
-        self._noise_shape = noise_shape
         self._act_given_noise = tf.function(lambda obs, noise: self._act(obs, False, noise), input_signature=act_sig + [
             tf.TensorSpec((None,) + noise_shape, tf.float32, name="noise")])
         self._values = tf.function(self._value, input_signature=[obs_info.select(self.value_inputs).tensor_specs()])
@@ -295,11 +295,8 @@ class PPO:
         """A policy with ``act``'s signature for code that knows when the weights change (worker
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
         ``seed``, weights (and normalisation statistics) taken at ``sync()``. See ``aquaml.inference``."""
-        shape = self._noise_shape
-        draw = ((lambda rng, n: rng.gumbel(size=(n,) + shape).astype(np.float32)) if self.discrete else
-                (lambda rng, n: rng.standard_normal((n,) + shape, dtype=np.float32)))
-        return HostPolicy(self._act_given_noise, draw, lambda n: np.zeros((n,) + shape, np.float32),
-                          self.actor.input_names, seed, numpy, self._actor_weight_variables(), self.set_actor_weights)
+        return HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(), self.set_actor_weights,
+                          gumbel=self.discrete)
 
     def values(self, obs: Mapping[str, np.ndarray], chunk: int = 8192) -> np.ndarray:
         """V(obs) for a batch of any size, computed in chunks."""
@@ -508,21 +505,11 @@ class PPO:
 
     def actor_weights(self) -> list[np.ndarray]:
         """What acting needs: actor weights, the global log_std if any, the observation statistics."""
-        extra = [] if self.log_std is None else [self.log_std.numpy()]
-        stats = [v.numpy() for n in self.norm_names for v in (self.norm_mean[n], self.norm_var[n])]
-        return list(self.actor.model.get_weights()) + extra + stats
+        return read_variables(self._actor_weight_variables())
 
     def set_actor_weights(self, weights: list[np.ndarray]) -> None:
         """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
-        k = len(self.actor.model.weights)
-        self.actor.model.set_weights(weights[:k])
-        if self.log_std is not None:
-            self.log_std.assign(weights[k])
-            k += 1
-        for n in self.norm_names:
-            self.norm_mean[n].assign(weights[k])
-            self.norm_var[n].assign(weights[k + 1])
-            k += 2
+        assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""

@@ -21,7 +21,7 @@ from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.distributions import squashed_gaussian_sample
 from aquaml.inference import HostPolicy
-from aquaml.model import ModelSpec, model_state_groups, save_models
+from aquaml.model import ModelSpec, assign_variables, model_state_groups, read_variables, save_models
 from aquaml.recurrent import flatten_time, sequence_mask, unroll, weighted_mean
 
 
@@ -215,11 +215,7 @@ class SAC:
         """A policy with ``act``'s signature for code that knows when the weights change (worker
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
         ``seed``, weights taken at ``sync()``. See ``aquaml.inference``."""
-        shape = self.action_info.shape("action")
-        return HostPolicy(self._act_given_noise,
-                          lambda rng, n: rng.standard_normal((n,) + shape, dtype=np.float32),
-                          lambda n: np.zeros((n,) + shape, np.float32), self.actor.input_names, seed, numpy,
-                          self._actor_weight_variables(), self.set_actor_weights)
+        return HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(), self.set_actor_weights)
 
     def _compiled(self, name: str):
         fn = self._concrete.get(name)
@@ -352,15 +348,11 @@ class SAC:
 
     def actor_weights(self) -> list[np.ndarray]:
         """What acting needs: the actor's weights, plus the global log_std when the actor has none."""
-        extra = [] if self.log_std is None else [self.log_std.numpy()]
-        return list(self.actor.model.get_weights()) + extra
+        return read_variables(self._actor_weight_variables())
 
     def set_actor_weights(self, weights: list[np.ndarray]) -> None:
         """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
-        n = len(self.actor.model.weights)
-        self.actor.model.set_weights(weights[:n])
-        if self.log_std is not None:
-            self.log_std.assign(weights[n])
+        assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""
