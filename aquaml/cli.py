@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any other algorithm parameter (SACParameters/PPOParameters field), repeatable "
                             "(default: none)")
     train.add_argument("--threads", type=_positive_int, default=None,
-                       help="TensorFlow threads of the optimizer (default: the cores not used by workers)")
+                       help="TensorFlow threads of the optimizer, per pool (default: the cores not used by workers, at least 2)")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 

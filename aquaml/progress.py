@@ -51,8 +51,14 @@ class Progress:
         self._episodes += episodes
 
     def add_metrics(self, metrics: np.ndarray) -> None:
-        self._metric_sum += metrics
-        self._metric_count += 1
+        """Add one update's metrics, or a ``(k, n)`` array of ``k`` updates' metrics."""
+        metrics = np.asarray(metrics)
+        if metrics.ndim == 2:
+            self._metric_sum += metrics.sum(axis=0)
+            self._metric_count += metrics.shape[0]
+        else:
+            self._metric_sum += metrics
+            self._metric_count += 1
 
     def advance(self, steps: int, updates: int, finished: bool = False) -> None:
         """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""

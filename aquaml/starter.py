@@ -26,7 +26,7 @@ from aquaml.env import GymnasiumEnv, RLBaseEnv
 from aquaml.export import export_policy
 from aquaml.logger import RunLogger
 from aquaml.model import build_models
-from aquaml.parallel.devices import limit_tf_threads
+from aquaml.parallel.devices import default_optimizer_threads, limit_tf_threads
 from aquaml.parallel.failure import StopRequest, install_abort_hook, report_and_abort
 from aquaml.parallel.mpi import launched_ranks, mpi
 from aquaml.parallel.roles import run_task
@@ -87,7 +87,10 @@ class RLTaskStarter:
         run_root: the directory that holds runs.
         eval_env: the evaluation environment (same forms as ``env``); None uses copies of ``env``.
             Up to ten copies run the ``calculate_episodes`` episodes side by side.
-        optimizer_threads: TensorFlow intra-op threads for training; None is TensorFlow's default.
+        optimizer_threads: TensorFlow threads for training, in each of its two pools (inter-op: the
+            independent parts of an update, such as SAC's two critics, run side by side; intra-op:
+            one large op is split). None is TensorFlow's default (one per core) in one process, and
+            under MPI ``default_optimizer_threads`` (at least 2, more when cores are left over).
         verbose: print progress lines.
         tensorboard: write TensorBoard events beside progress.csv.
         checkpoint_interval: environment steps between checkpoints (one is always written at the
@@ -137,11 +140,14 @@ class RLTaskStarter:
         self.topology = make_topology(mpi_comm) if mpi_comm is not None and mpi_comm.Get_size() > 1 else None
         if self.topology is not None:
             install_abort_hook(mpi_comm, self.topology.role)
-            if self.topology.is_optimizer and optimizer_threads is None:
-                optimizer_threads = max(1, (os.cpu_count() or 1) - (self.topology.node_comm.Get_size() - 1))
-            limit_tf_threads(optimizer_threads if self.topology.is_optimizer else 1, 1)
+            if self.topology.is_optimizer:
+                if optimizer_threads is None:
+                    optimizer_threads = default_optimizer_threads(self.topology.node_comm.Get_size() - 1)
+                limit_tf_threads(optimizer_threads, optimizer_threads)
+            else:
+                limit_tf_threads(1, 1)
         else:
-            limit_tf_threads(optimizer_threads)
+            limit_tf_threads(optimizer_threads, optimizer_threads)
 
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)

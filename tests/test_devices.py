@@ -45,3 +45,12 @@ with warnings.catch_warnings(record=True) as caught:
 def test_thread_counts_are_checked():
     with pytest.raises(ValueError, match="intra_op threads must be None or a positive int, got 0"):
         limit_tf_threads(0)
+
+
+def test_optimizer_threads_default_to_the_free_cores_but_at_least_two(monkeypatch):
+    from aquaml.parallel import devices
+    for cores, workers, expected in ((2, 2, 2), (2, 5, 2), (1, 2, 1), (16, 3, 13), (16, 20, 2)):
+        monkeypatch.setattr(devices, "usable_cores", lambda cores=cores: cores)
+        assert devices.default_optimizer_threads(workers) == expected, (cores, workers)
+    monkeypatch.undo()
+    assert devices.usable_cores() >= 1

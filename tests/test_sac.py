@@ -172,3 +172,40 @@ def test_global_log_std_when_actor_has_none():
     batch = {k: np.random.default_rng(1).normal(size=(8,) + info.shape(k)).astype(np.float32) for k in info.names}
     sac.update(batch)
     assert before[0] == pytest.approx(-0.5) and np.asarray(sac.log_std)[0] != pytest.approx(-0.5)
+
+
+def test_update_many_equals_that_many_single_updates_and_returns_the_new_actor_weights():
+    rng = np.random.default_rng(3)
+    runs = []
+    for _ in range(2):
+        tf.keras.utils.set_random_seed(11)  # the same initial weights for both instances
+        runs.append(make_sac())
+    one, many = runs
+    info = one.batch_info
+    batches = [{k: rng.normal(size=(16,) + info.shape(k)).astype(np.float32) for k in info.names} for _ in range(3)]
+    for k in ("terminated", "truncated"):
+        for b in batches:
+            b[k] = (b[k] > 1.0).astype(np.float32)
+    for a, b in zip(one.actor_weights(), many.actor_weights()):
+        np.testing.assert_array_equal(a, b)
+    single = np.stack([one.update(b).numpy() for b in batches])
+    metrics, flat = many.update_many({k: np.stack([b[k] for b in batches]) for k in info.names})
+    assert metrics.shape == (3, len(SAC.metric_names))
+    np.testing.assert_allclose(metrics, single, rtol=1e-5, atol=1e-6)
+    for a, b in zip(one.actor_weights(), many.actor_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(flat, np.concatenate([w.ravel() for w in many.actor_weights()]))
+    assert many._update_many.experimental_get_tracing_count() == 1
+    many.update_many({k: np.stack([batches[0][k]]) for k in info.names})  # one update: same trace
+    assert many._update_many.experimental_get_tracing_count() == 1
+
+
+def test_sample_many_stacks_batches_from_every_slice():
+    sac = make_sac(batch_size=5)
+    buffer = sac.make_buffer(num_slices=2)
+    info = sac.batch_info
+    for s in range(2):
+        buffer.write_batch(s, {k: np.full((10,) + info.shape(k), s + 1, info.dtype(k)) for k in info.names})
+    batches = sac.sample_many(buffer, np.random.default_rng(0), 4)
+    assert {k: v.shape for k, v in batches.items()} == {k: (4, 5) + info.shape(k) for k in info.names}
+    assert set(np.unique(batches["reward"])) == {1.0, 2.0}

@@ -135,7 +135,12 @@ class SACParameters:
     max_worker_lead: int = 64
     """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far."""
     weight_sync_interval: int = 1
-    """Under MPI: updates between publications of the actor's weights to the workers."""
+    """Under MPI: updates between publications of the actor's weights to the workers (a
+    publication happens at the end of a call, see ``updates_per_call``)."""
+    updates_per_call: int = 4
+    """Under MPI: the most gradient updates the optimizer runs in one compiled call (fewer when
+    fewer are due). The call's batches are sampled together at its start, and the weights it
+    publishes come out of the same call. 1 is one update per call."""
     seed: int = 0
     """Seed of every random stream (environments, initial weights, sampling, noise)."""
     jit_compile: bool = False
@@ -149,7 +154,7 @@ class SACParameters:
     def __post_init__(self) -> None:
         _check_ints(self, ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
                            "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval",
-                           "sequence_length"),
+                           "updates_per_call", "sequence_length"),
                     ("learning_starts", "eval_interval", "seed", "max_worker_lead", "burn_in"))
         _check(self.burn_in < self.sequence_length, "burn_in", f"below sequence_length={self.sequence_length}",
                self.burn_in)

@@ -99,6 +99,9 @@ class SAC:
         noise_spec = tf.TensorSpec((None,) + action_info.shape("action"), tf.float32, name="noise")
         self._act_given_noise = tf.function(lambda obs, noise: self._act(obs, False, noise),
                                             input_signature=act_signature + [noise_spec])
+        many_signature = [self.batch_info.tensor_specs((None,) + batch_shape)]
+        self._update_many = tf.function(self._update_many_step, input_signature=many_signature,
+                                        jit_compile=params.jit_compile)
         self._update_act = tf.function(lambda batch, obs: (self._update_step(batch), self._act(obs, False)),
                                        input_signature=signature + act_signature, jit_compile=params.jit_compile)
         # Concrete functions are traced on first use (so tests can swap _noise first); calling them
@@ -331,6 +334,36 @@ class SAC:
     def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
         """One gradient step on every network; returns the metrics in ``metric_names`` order."""
         return self._compiled("update")(batch)
+
+    def update_many(self, batches: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """``k`` gradient steps in one compiled call, one per leading index of ``batches`` (as
+        ``sample_many`` gives them). Returns the metrics of each step ``(k, len(metric_names))``
+        and the actor's weights after the last, flat in ``actor_weights()`` order (float32).
+
+        One call instead of ``k`` saves TensorFlow's per-call work, and the weights come out of
+        the same call instead of being read variable by variable (0.3 ms for tutorial1's actor).
+        """
+        metrics, flat = self._compiled("update_many")(batches)
+        return metrics.numpy(), flat.numpy()
+
+    def _update_many_step(self, batches: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        count = tf.shape(batches["reward"])[0]
+        metrics = tf.TensorArray(tf.float32, size=count)
+        for i in tf.range(count):
+            metrics = metrics.write(i, self._update_step({n: b[i] for n, b in batches.items()}))
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in self._actor_weight_variables()], 0)
+        return metrics.stack(), flat
+
+    def sample_many(self, buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
+        """``count`` batches as ``sample`` draws them, stacked on a new first axis."""
+        p = self.params
+        if self.recurrent:
+            n = p.sequences_per_batch
+            batch = buffer.sample_sequences(n * count, p.sequence_length, rng)
+        else:
+            n = p.batch_size
+            batch = buffer.sample(n * count, rng)
+        return {k: v.reshape((count, n) + v.shape[1:]) for k, v in batch.items()}
 
     def update_and_act(self, batch: Mapping[str, np.ndarray], obs: Mapping[str, np.ndarray]) -> tuple[tf.Tensor, dict]:
         """``update(batch)`` then ``act(obs)`` with the new weights, in one compiled call.

@@ -124,9 +124,11 @@ class OptimizerRole:
                 columns, self._episodes_read[w] = self.state.episodes.rows_since(w, int(self._episodes_read[w]))
                 self.progress.add_episodes(_episode_stats(columns))
 
-    def publish(self, force: bool = False, version: int | None = None) -> None:
-        """Publish the actor's weights as ``version`` (default: the next one) on every node."""
-        flat = self.state.weights.flatten(self.s.algo.actor_weights())
+    def publish(self, force: bool = False, version: int | None = None, flat: np.ndarray | None = None) -> None:
+        """Publish the actor's weights as ``version`` (default: the next one) on every node;
+        ``flat`` is them already flat (from ``update_many``), else they are read from the actor."""
+        if flat is None:
+            flat = self.state.weights.flatten(self.s.algo.actor_weights())
         self.state.weights.publish_flat(flat, version)
         if self.weight_sender is not None:
             self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=False, force=force)
@@ -210,12 +212,13 @@ class OptimizerRole:
             due = int((total - p.learning_starts) * p.replay_ratio) - self.updates if total >= p.learning_starts else 0
             if due > 0:
                 backoff.reset()
-                metrics = self.s.algo.update(self.s.algo.sample(buffer, self.rng))
-                self.progress.add_metrics(metrics.numpy())
-                self.updates += 1
+                count = min(due, p.updates_per_call)
+                metrics, flat = self.s.algo.update_many(self.s.algo.sample_many(buffer, self.rng, count))
+                self.progress.add_metrics(metrics)
+                before, self.updates = self.updates, self.updates + count
                 control[UPDATES] = self.updates
-                if self.updates % p.weight_sync_interval == 0:
-                    self.publish()
+                if self.updates // p.weight_sync_interval > before // p.weight_sync_interval:
+                    self.publish(flat=flat)
             elif self._all_done():
                 break
             else:  # waiting for transitions: short waits stay short, long ones wake less often
