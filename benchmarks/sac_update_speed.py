@@ -1,9 +1,15 @@
 """SAC gradient updates per second: batch 256, two 256x256 hidden layers (tutorial1's networks), one thread.
 
     .venv/bin/python benchmarks/sac_update_speed.py [--updates 1000] [--repeats 3] [--jit]
+        [--threads 1] [--inter-threads 1] [--per-call K] [--read-weights]
 
 Prints the median over repeats of updates per second, timed after a warm-up that includes tracing.
 Compare with Stable-Baselines3's steps/s from ../shared/peers/sb3_sac_pendulum.sh (one update per step).
+
+The optimizer rank's settings under MPI: ``--inter-threads 2 --threads 2`` (its default thread
+pools on this machine) with ``--per-call 8`` (``update_many``, which also returns the actor's
+weights flat); ``--read-weights`` adds the per-variable read of the actor's weights after every
+call that the optimizer made before ``update_many``.
 """
 import argparse
 import os
@@ -22,8 +28,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (default 3)")
     parser.add_argument("--jit", action="store_true", help="compile the update with XLA")
     parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra-op threads (default 1)")
+    parser.add_argument("--inter-threads", type=int, default=1, help="TensorFlow inter-op threads (default 1)")
+    parser.add_argument("--per-call", type=int, default=None,
+                        help="updates per update_many call (default: update(), one per call)")
+    parser.add_argument("--read-weights", action="store_true", help="read actor_weights() after every call")
     args = parser.parse_args()
-    limit_tf_threads(args.threads, 1)
+    for name in ("updates", "repeats", "threads", "inter_threads", "per_call"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    limit_tf_threads(args.threads, args.inter_threads)
 
     import numpy as np
     from tutorial1 import Actor_net, Q_net
@@ -40,18 +54,32 @@ def main() -> None:
     info = sac.batch_info
     batches = [{k: rng.uniform(-1, 1, (256,) + info.shape(k)).astype(np.float32) for k in info.names}
                for _ in range(8)]
-    for i in range(50):
-        sac.update(batches[i % 8]).numpy()
+    if args.per_call is None:
+        calls = [batches[i % 8] for i in range(8)]
+
+        def call(batch):
+            return sac.update(batch).numpy()
+    else:
+        calls = [{k: np.stack([batches[(i + j) % 8][k] for j in range(args.per_call)]) for k in info.names}
+                 for i in range(8)]
+
+        def call(batch):
+            return sac.update_many(batch)
+    per_call = args.per_call or 1
+    for i in range(max(50 // per_call, 2)):
+        call(calls[i % 8])
     rates = []
     for _ in range(args.repeats):
+        n_calls = max(args.updates // per_call, 1)
         start = time.perf_counter()
-        for i in range(args.updates):
-            metrics = sac.update(batches[i % 8])
-        metrics.numpy()
-        rates.append(args.updates / (time.perf_counter() - start))
-    print(f"sac_update_speed batch=256 hidden=256x256 threads={args.threads} jit={args.jit} "
+        for i in range(n_calls):
+            call(calls[i % 8])
+            if args.read_weights:
+                sac.actor_weights()
+        rates.append(n_calls * per_call / (time.perf_counter() - start))
+    print(f"sac_update_speed batch=256 hidden=256x256 threads={args.threads} inter_threads={args.inter_threads} "
+          f"per_call={args.per_call} read_weights={args.read_weights} jit={args.jit} "
           f"updates_per_s={statistics.median(rates):.1f} (repeats: {', '.join(f'{r:.1f}' for r in rates)})")
-
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,7 @@ def test_conflicting_names_rejected():
 @pytest.mark.parametrize("field,value,expected", [
     ("batch_size", 0, "a positive int"), ("gamma", 1.5, "in \\[0, 1\\]"), ("tau", 0.0, "in \\(0, 1\\]"),
     ("replay_ratio", -1.0, "a finite number > 0"), ("total_steps", 2.5, "a positive int"), ("alpha", 0.0, "> 0"),
+    ("updates_per_call", 0, "a positive int"),
 ])
 def test_bad_values_name_the_field(field, value, expected):
     with pytest.raises(ValueError, match=f"{field} must be {expected}"):

@@ -137,7 +137,7 @@ class SACParameters:
     weight_sync_interval: int = 1
     """Under MPI: updates between publications of the actor's weights to the workers (a
     publication happens at the end of a call, see ``updates_per_call``)."""
-    updates_per_call: int = 4
+    updates_per_call: int = 8
     """Under MPI: the most gradient updates the optimizer runs in one compiled call (fewer when
     fewer are due). The call's batches are sampled together at its start, and the weights it
     publishes come out of the same call. 1 is one update per call."""
