@@ -52,13 +52,9 @@ class Progress:
 
     def add_metrics(self, metrics: np.ndarray) -> None:
         """Add one update's metrics, or a ``(k, n)`` array of ``k`` updates' metrics."""
-        metrics = np.asarray(metrics)
-        if metrics.ndim == 2:
-            self._metric_sum += metrics.sum(axis=0)
-            self._metric_count += metrics.shape[0]
-        else:
-            self._metric_sum += metrics
-            self._metric_count += 1
+        metrics = np.atleast_2d(metrics)
+        self._metric_sum += metrics.sum(axis=0)
+        self._metric_count += metrics.shape[0]
 
     def advance(self, steps: int, updates: int, finished: bool = False) -> None:
         """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""
@@ -112,8 +108,6 @@ def episode_row(episodes: list) -> dict[str, float]:
 
 def evaluate_policy(starter: Any, episodes: int) -> dict[str, float]:
     """Deterministic evaluation of the starter's current policy on its evaluation environment."""
-    policy = getattr(starter, "_eval_policy", None)
-    if policy is None:  # numpy where the actor allows (aquaml.inference); built once per run
-        policy = starter._eval_policy = starter.algo.host_policy(starter.params.seed)
+    policy = starter.eval_policy
     policy.sync()  # the weights as they are now, fixed for the whole evaluation
     return evaluate(starter.eval_envs, starter.obs_info, policy, episodes, seed=starter.params.seed + 1_000_003)

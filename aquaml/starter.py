@@ -6,6 +6,7 @@ constructor, before any environment step and before anything is written to disk.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import platform
@@ -138,16 +139,14 @@ class RLTaskStarter:
         if mpi_comm is None and launched_ranks() > 1:
             mpi_comm = mpi().COMM_WORLD
         self.topology = make_topology(mpi_comm) if mpi_comm is not None and mpi_comm.Get_size() > 1 else None
+        threads = optimizer_threads
         if self.topology is not None:
             install_abort_hook(mpi_comm, self.topology.role)
-            if self.topology.is_optimizer:
-                if optimizer_threads is None:
-                    optimizer_threads = default_optimizer_threads(self.topology.node_comm.Get_size() - 1)
-                limit_tf_threads(optimizer_threads, optimizer_threads)
-            else:
-                limit_tf_threads(1, 1)
-        else:
-            limit_tf_threads(optimizer_threads, optimizer_threads)
+            if not self.topology.is_optimizer:
+                threads = 1  # workers act in numpy or through small TensorFlow calls
+            elif threads is None:
+                threads = default_optimizer_threads(self.topology.node_comm.Get_size() - 1)
+        limit_tf_threads(threads, threads)
 
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)
@@ -212,6 +211,12 @@ class RLTaskStarter:
     @property
     def models_dir(self) -> str:
         return os.path.join(self.run_dir, "models")
+
+    @functools.cached_property
+    def eval_policy(self) -> Any:
+        """The evaluation policy (numpy where the actor allows, see ``aquaml.inference``), built on
+        first use: worker ranks never evaluate. Callers ``sync()`` it before each evaluation."""
+        return self.algo.host_policy(self.params.seed)
 
     def run(self) -> dict[str, float]:
         """Train for ``total_steps`` environment steps; return the final evaluation statistics.

@@ -124,10 +124,7 @@ class SAC:
     def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One update's batch: ``batch_size`` transitions, or for a recurrent actor
         ``sequences_per_batch`` sequences of ``sequence_length`` steps."""
-        p = self.params
-        if self.recurrent:
-            return buffer.sample_sequences(p.sequences_per_batch, p.sequence_length, rng)
-        return buffer.sample(p.batch_size, rng)
+        return {k: v[0] for k, v in self.sample_many(buffer, rng, 1).items()}
 
     def check_workers(self, num_workers: int) -> None:
         """Raise ValueError when the first update could find no whole sequence to replay."""
