@@ -36,6 +36,15 @@ class LocalArrayStore:
         pass
 
 
+def _uniform_over(counts: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` draws, uniform with replacement over all ``counts.sum()`` items of the slices:
+    the slice of each and its index within the slice."""
+    flat = rng.integers(0, int(counts.sum()), size=size)
+    offsets = np.cumsum(counts) - counts
+    slices = np.searchsorted(offsets, flat, side="right") - 1  # empty slices share the next one's offset
+    return slices, flat - offsets[slices]
+
+
 class ReplayBuffer:
     """A FIFO replay memory split into ``num_slices`` slices of equal capacity.
 
@@ -126,13 +135,7 @@ class ReplayBuffer:
         total = int(filled.sum())
         if total == 0:
             raise ValueError("cannot sample from an empty ReplayBuffer")
-        flat = rng.integers(0, total, size=batch_size)
-        if self.num_slices == 1:
-            slices, rows = np.zeros(batch_size, np.intp), flat
-        else:
-            starts = np.cumsum(filled) - filled
-            slices = np.searchsorted(starts, flat, side="right") - 1
-            rows = flat - starts[slices]
+        slices, rows = _uniform_over(filled, batch_size, rng)
         return {n: a[slices, rows] for n, a in self.arrays.items()}
 
     def sequence_starts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,9 +162,7 @@ class ReplayBuffer:
         if total == 0:
             raise ValueError(f"no slice of the ReplayBuffer holds a sequence of {length} steps yet "
                              f"(rows per slice: {self.filled().tolist()}, {self.stride} per step)")
-        flat = rng.integers(0, total, size=batch_size)
-        offsets = np.cumsum(starts) - starts
-        slices = np.searchsorted(offsets, flat, side="right") - 1
-        begin = first[slices] + flat - offsets[slices]
+        slices, index = _uniform_over(starts, batch_size, rng)
+        begin = first[slices] + index
         rows = (begin[:, None] + self.stride * np.arange(length)[None, :]) % self.slice_capacity
         return {n: a[slices[:, None], rows] for n, a in self.arrays.items()}
