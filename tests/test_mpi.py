@@ -146,19 +146,21 @@ def test_signal_stops_every_rank_cleanly_and_keeps_the_weights(signal_name, tmp_
                              "--env-sleep", "0.005", "--steps", "100000", "--eval-interval", "0",
                              "--run-root", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=mpi_env(), cwd=ROOT)
-    started = 0
-    for line in proc.stdout:
-        started += bool(re.match(r"rank \d \w+ pid \d+ started", line))
-        if started == 3:
-            break
-    time.sleep(3)
+    csv_path = os.path.join(tmp_path, "task", "progress.csv")
+    deadline = time.monotonic() + 180
+    while not (os.path.isfile(csv_path) and len(open(csv_path).read().splitlines()) > 1):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "no progress row within 180 s"
+        time.sleep(0.1)
+    time.sleep(1)  # mid-run: past the first epoch, well short of the 100k steps
+    assert proc.poll() is None, "the run finished before it could be signalled"
     proc.send_signal(getattr(signal, signal_name))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
     assert len(re.findall(r"rank \d \w+ cpu_fraction", out)) == 3
     models = os.path.join(tmp_path, "task", "models")
     assert sorted(os.listdir(models)) == ["actor.weights.h5", "qf1.weights.h5", "qf2.weights.h5", "sac_state.npz"]
-    with open(os.path.join(tmp_path, "task", "progress.csv")) as f:
+    with open(csv_path) as f:
         assert 0 < int(f.read().splitlines()[-1].split(",")[0]) < 100_000
 
 
