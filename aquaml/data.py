@@ -302,3 +302,8 @@ class DataInfo:
     @classmethod
     def from_json(cls, text: str) -> "DataInfo":
         return cls.from_dict(json.loads(text))
+
+
+#: The spec with no entries. DataInfo is immutable, so this one instance serves every default
+#: (building a new empty DataInfo costs microseconds, and some defaults are read on every step).
+EMPTY_INFO = DataInfo((), ())

@@ -18,7 +18,7 @@ from typing import Any, Mapping, NamedTuple
 import gymnasium as gym
 import numpy as np
 
-from aquaml.data import DataInfo, SpecError
+from aquaml.data import EMPTY_INFO, DataInfo, SpecError
 
 _LEGACY_WARNED: set[str] = set()
 
@@ -86,7 +86,7 @@ class RLBaseEnv(abc.ABC):
     def __init__(self) -> None:
         self._obs_info: DataInfo | None = None
         self._action_info: DataInfo | None = None
-        self._recurrent_info: DataInfo = DataInfo((), ())
+        self._recurrent_info: DataInfo = EMPTY_INFO
 
     @property
     def obs_info(self) -> DataInfo:
@@ -95,7 +95,7 @@ class RLBaseEnv(abc.ABC):
         if not isinstance(info, DataInfo):
             raise SpecError(f"{type(self).__name__} must set self._obs_info = DataInfo(names=..., "
                             f"shapes=..., dtypes=...) in __init__; got {info!r}")
-        recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
+        recurrent = getattr(self, "_recurrent_info", EMPTY_INFO)
         if not len(recurrent):
             return info
         return info.merge(recurrent.select([n for n in recurrent.names if n not in info]))
@@ -111,14 +111,14 @@ class RLBaseEnv(abc.ABC):
 
     def initial_obs(self, obs: dict) -> dict:
         """Add zero recurrent state to a freshly reset observation."""
-        recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
+        recurrent = getattr(self, "_recurrent_info", EMPTY_INFO)
         if len(recurrent):
             obs = {**obs, **recurrent.zeros()}
         return obs
 
     def check_obs(self, obs: dict, action_dict: Mapping[str, Any]) -> dict:
         """Copy the actor's returned recurrent state into the next observation."""
-        recurrent = getattr(self, "_recurrent_info", DataInfo((), ()))
+        recurrent = getattr(self, "_recurrent_info", EMPTY_INFO)
         if len(recurrent):
             obs = {**obs, **{n: np.asarray(action_dict[n]) for n in recurrent.names}}
         return obs

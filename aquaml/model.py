@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aquaml.data import DataInfo, SpecError
+from aquaml.data import EMPTY_INFO, DataInfo, SpecError
 from aquaml.recurrent import recurrent_info, with_recurrent
 from aquaml.storage import atomic_path
 
@@ -57,7 +57,7 @@ class ModelSpec:
     output_names: tuple[str, ...]
     learning_rate: float
     optimizer: keras.optimizers.Optimizer
-    state_info: DataInfo = DataInfo((), ())
+    state_info: DataInfo = EMPTY_INFO
     """The recurrent state entries (inputs that are also outputs); empty for a feed-forward model."""
 
     @property
@@ -269,7 +269,7 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
                          output_names=() if critic else output_names,
                          learning_rate=float(model.learning_rate),
                          optimizer=_make_optimizer(key, model, float(model.learning_rate)),
-                         state_info=DataInfo((), ()) if critic else state_info)
+                         state_info=EMPTY_INFO if critic else state_info)
         _check_call(spec, sample, critic, None if critic else dict(model.output_info))
         specs[key] = spec
     return specs, action_info

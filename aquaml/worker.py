@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from aquaml.data import DataInfo
+from aquaml.data import EMPTY_INFO, DataInfo
 from aquaml.env import RLBaseEnv, normalize_step
 
 Policy = Callable[[Mapping[str, np.ndarray], bool], dict]
@@ -37,7 +37,7 @@ def _env_part(env: RLBaseEnv, obs_info: DataInfo) -> tuple[DataInfo, DataInfo]:
     (declared with ``env.set_recurrent_info``), which the caller fills in."""
     recurrent = getattr(env, "_recurrent_info", None)
     if recurrent is None or not len(recurrent):
-        return obs_info, DataInfo((), ())
+        return obs_info, EMPTY_INFO
     return obs_info.select([n for n in obs_info.names if n not in recurrent]), recurrent
 
 

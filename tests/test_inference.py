@@ -183,6 +183,23 @@ def test_op_table_against_tensorflow():
     np.testing.assert_allclose(graph(x, i)["out"], concrete(x, i)["out"].numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_nested_outputs_keep_their_structure_and_never_alias_inputs_or_constants():
+    """The generated program's outputs are packed as ``tf.nest`` would, and are copies: an output that
+    is an argument or a constant passed straight through can be changed without changing either."""
+    fn = tf.function(lambda x: {"b": {"twice": 2.0 * x, "same": tf.identity(x)}, "a": (tf.constant([1.0, 2.0]), x)},
+                     input_signature=[tf.TensorSpec((None, 2))])
+    graph = NumpyGraph(fn.get_concrete_function())
+    x = np.ones((3, 2), np.float32)
+    out = graph(x)
+    assert set(out) == {"a", "b"} and set(out["b"]) == {"twice", "same"} and isinstance(out["a"], tuple)
+    np.testing.assert_array_equal(out["b"]["twice"], 2.0 * x)
+    out["b"]["same"][:] = 7.0
+    out["a"][1][:] = 7.0
+    out["a"][0][:] = 7.0
+    assert (x == 1.0).all()
+    np.testing.assert_array_equal(graph(x)["a"][0], [1.0, 2.0])
+
+
 def test_unsupported_op_is_named():
     fn = tf.function(lambda x: tf.sort(x), input_signature=[tf.TensorSpec((None, 3))])
     with pytest.raises(UnsupportedGraph, match="TopKV2|Sort"):
