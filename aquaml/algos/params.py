@@ -132,8 +132,11 @@ class SACParameters:
     """Epochs between progress lines on the console."""
     envs_per_worker: int = 1
     """Environment copies stepped together by each worker (one batched actor call for all)."""
-    max_worker_lead: int = 64
-    """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far."""
+    max_worker_lead: int = 16
+    """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far.
+    The optimizer then trains ``learning_starts`` plus about ``workers * max_worker_lead`` updates
+    behind the step count, where the serial algorithm is ``learning_starts`` behind; 16 keeps that
+    gap small and still leaves the optimizer more than ``updates_per_call`` updates due each call."""
     weight_sync_interval: int = 1
     """Under MPI: updates between publications of the actor's weights to the workers (a
     publication happens at the end of a call, see ``updates_per_call``)."""
