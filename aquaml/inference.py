@@ -226,7 +226,7 @@ class NumpyGraph:
         n_args = len(concrete.inputs) - len(graph.captures)
         self._arg_slots = [slot(t) for t in concrete.inputs[:n_args]]
         captured = {internal.name: external for external, internal in graph.captures}
-        self._constants: dict[int, np.ndarray] = {}
+        constants: dict[int, np.ndarray] = {}
         self._variables: list[tuple[int, Any, Any]] = []  # (slot, resource handle, dtype)
         self._program: list[tuple[Callable, tuple[int, ...], tuple[int, ...]]] = []
         for op in graph.get_operations():
@@ -235,11 +235,11 @@ class NumpyGraph:
             if op.type == "Placeholder":
                 external = captured.get(op.outputs[0].name)
                 if external is not None and op.outputs[0].dtype != tf.resource:
-                    self._constants[slot(op.outputs[0])] = np.asarray(external.numpy())
+                    constants[slot(op.outputs[0])] = np.asarray(external.numpy())
                 else:
                     slot(op.outputs[0])
             elif op.type == "Const":
-                self._constants[slot(op.outputs[0])] = tf.make_ndarray(op.get_attr("value"))
+                constants[slot(op.outputs[0])] = tf.make_ndarray(op.get_attr("value"))
             elif op.type == "ReadVariableOp":
                 handle = captured.get(op.inputs[0].name)
                 if handle is None:
@@ -258,9 +258,8 @@ class NumpyGraph:
         #: whether load() covers every variable the graph reads (else it would leave some stale)
         self.loads_all = len(self._weight_slots) == len(self._variables)
         self._out_slots = [slot(t) for t in flat_out]
-        self._size = len(slots)
-        self._base: list = [None] * self._size
-        for i, v in self._constants.items():
+        self._base: list = [None] * len(slots)
+        for i, v in constants.items():
             self._base[i] = v
         self._run = self._compile()
         self._pack = _packer(outputs)
@@ -340,10 +339,10 @@ class HostPolicy:
         if numpy is None:
             numpy = numpy_backend_default()
         self._concrete = act.get_concrete_function()
-        obs_specs, noise_spec = self._concrete.structured_input_signature[0]
-        self._noise_shape, self._gumbel = tuple(noise_spec.shape[1:]), gumbel
+        self._obs_specs, self._noise_spec = self._concrete.structured_input_signature[0]
+        self._noise_shape, self._gumbel = tuple(self._noise_spec.shape[1:]), gumbel
         self._weights, self._set_weights = list(weights), set_weights
-        self._names = sorted(obs_specs)  # tf.nest's order for a dict
+        self._names = sorted(self._obs_specs)  # tf.nest's order for a dict
         self.rng = np.random.default_rng(seed)
         self._graph: NumpyGraph | None = None
         self.backend, self.reason = "tensorflow", f"{BACKEND_VARIABLE}=tensorflow"
@@ -365,8 +364,7 @@ class HostPolicy:
             if spec.dtype.is_floating:
                 return rng.standard_normal(shape).astype(spec.dtype.as_numpy_dtype)
             return np.zeros(shape, spec.dtype.as_numpy_dtype)
-        obs_specs, noise_spec = self._concrete.structured_input_signature[0]
-        obs, noise = {k: probe(s) for k, s in obs_specs.items()}, probe(noise_spec)
+        obs, noise = {k: probe(s) for k, s in self._obs_specs.items()}, probe(self._noise_spec)
         ours = self._graph(*[obs[k] for k in self._names], noise)
         theirs = self._concrete(obs, noise)
         for k, b in theirs.items():
