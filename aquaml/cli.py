@@ -195,9 +195,9 @@ def _mpiexec() -> str:
 def make_train_starter(cli: dict[str, Any]):
     """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
     from aquaml import PPO, SAC, RLTaskStarter
-    from aquaml.checkpoint import CheckpointError
-    from aquaml.defaults import default_models
-    from aquaml.env import GymnasiumEnv
+    from aquaml.run.checkpoint import CheckpointError
+    from aquaml.models.defaults import default_models
+    from aquaml.envs import GymnasiumEnv
 
     args = argparse.Namespace(**cli)
     algo_cls = {"sac": SAC, "ppo": PPO}[args.algo]
@@ -263,9 +263,9 @@ def _config(run: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from aquaml.env import GymnasiumEnv
-    from aquaml.export import POLICY_JSON, load_policy
-    from aquaml.worker import evaluate
+    from aquaml.envs import GymnasiumEnv
+    from aquaml.run.export import POLICY_JSON, load_policy
+    from aquaml.acting.worker import evaluate
 
     if not os.path.isdir(args.run):
         raise CLIError(f"{args.run}: no such directory")
@@ -295,8 +295,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from aquaml.checkpoint import CheckpointError, Checkpointer, load_variables_state
-    from aquaml.export import export_policy
+    from aquaml.run.checkpoint import CheckpointError, Checkpointer, load_variables_state
+    from aquaml.run.export import export_policy
 
     config = _config(args.run)
     if args.checkpoint == "final":

@@ -16,10 +16,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from aquaml.data import DataInfo, SpecError
-from aquaml.env import RLBaseEnv
-from aquaml.model import ModelContractError, is_discrete_action
+from aquaml.envs import RLBaseEnv
+from aquaml.models.base import ModelContractError, is_discrete_action
 from aquaml.storage import atomic_path
-from aquaml.worker import reset_env, step_env
+from aquaml.acting.worker import reset_env, step_env
 
 FORMAT_NAME = "aquaml.trajectories"
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def record_policy(env: RLBaseEnv, policy: Policy, *, steps: int | None = None, e
     ``log_prob``) are passed on to ``env.step`` as the Worker does, but not recorded. A controller
     ``ctrl(obs_dict) -> action`` of a single observation is wrapped as
     ``lambda obs, det: {'action': np.asarray(ctrl({k: v[0] for k, v in obs.items()}))[None]}``;
-    a vectorised one (rows in, rows out) works unchanged, and also with ``aquaml.worker.evaluate``.
+    a vectorised one (rows in, rows out) works unchanged, and also with ``aquaml.acting.worker.evaluate``.
 
     Recording stops after ``episodes`` complete episodes or ``steps`` rows, whichever comes
     first (at least one must be given); a step limit may cut the last episode short. Episode

@@ -19,7 +19,7 @@ training loop, minus the final evaluation and the final checkpoint, which both c
 once at the end (they are end-of-run costs, not per-step ones). T so includes opening the run
 directory, the logger and TensorBoard writer, and every periodic evaluation, checkpoint and log
 row; it excludes saving the final models and policy after the loop. Each call of
-``aquaml.progress.evaluate_policy``, of ``RLTaskStarter.write_checkpoint`` (with the worker
+``aquaml.run.progress.evaluate_policy``, of ``RLTaskStarter.write_checkpoint`` (with the worker
 snapshot it is given) and of ``Progress._end_epoch`` (building, writing and printing one log row)
 is timed by wrapping it, to break A's time down.
 
@@ -70,8 +70,8 @@ class Timers:
     call's (wall, cpu) seconds, and when the training loop starts and ends."""
 
     def __init__(self) -> None:
-        import aquaml.progress as progress
-        import aquaml.starter as starter
+        import aquaml.run.progress as progress
+        import aquaml.run.starter as starter
         self.calls: dict[str, list[np.ndarray]] = {"eval": [], "checkpoint": [], "row": []}
         self.loop_start = self.loop_end = np.zeros(2)
         self._snapshot = np.zeros(2)

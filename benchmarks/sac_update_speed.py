@@ -44,7 +44,7 @@ def main() -> None:
 
     from aquaml import DataInfo, SACParameters
     from aquaml.algos.sac import SAC
-    from aquaml.model import build_models
+    from aquaml.models.base import build_models
 
     obs_info, action_info = DataInfo("obs", (3,)), DataInfo("action", (1,))
     models, action_info = build_models({"actor": Actor_net, "qf1": Q_net, "qf2": Q_net}, SAC.required_models,

@@ -7,7 +7,7 @@ Each configuration is one ``mpiexec -n workers+1`` run of an RLTaskStarter whose
 but never trains (learning_starts above the budget). Workers act with the actor (no random warm-up)
 on Pendulum-v1 whose every step also sleeps 2 ms, like a remote simulator. Throughput is taken
 between the first and last progress.csv rows, so start-up is excluded. Target at 8 workers:
->= 0.9 x 8 the one-worker figure. Workers act in numpy (aquaml.inference), as by default;
+>= 0.9 x 8 the one-worker figure. Workers act in numpy (aquaml.acting.inference), as by default;
 ``--tf-act`` makes them act through TensorFlow (``AQUAML_ACT_BACKEND=tensorflow``) for comparison.
 """
 import argparse

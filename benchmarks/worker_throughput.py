@@ -47,10 +47,10 @@ class AquamlWorker:
         from aquaml import SACParameters
         from aquaml.algos.sac import SAC
         from aquaml.buffers import ReplayBuffer
-        from aquaml.model import build_models
+        from aquaml.models.base import build_models
         from aquaml.parallel.mpi import mpi
         from aquaml.parallel.shared import SharedArrayStore
-        from aquaml.worker import Worker
+        from aquaml.acting.worker import Worker
 
         envs = [PendulumWrapper() for _ in range(n_envs)]
         models, action_info = build_models({"actor": Actor_net, "qf1": Q_net, "qf2": Q_net}, SAC.required_models,

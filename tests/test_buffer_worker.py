@@ -5,7 +5,7 @@ from helpers import CountingEnv
 from aquaml import DataInfo
 from aquaml.algos.sac import transition_info
 from aquaml.buffers import ReplayBuffer
-from aquaml.worker import Worker, evaluate
+from aquaml.acting.worker import Worker, evaluate
 
 INFO = DataInfo(("x", "r"), ((2,), ()), (np.float32, np.float32))
 

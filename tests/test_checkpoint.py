@@ -13,7 +13,7 @@ import pytest
 from helpers import MLPActor, MLPQ
 
 from aquaml import CheckpointError, RLTaskStarter, SACParameters
-from aquaml.checkpoint import Checkpointer
+from aquaml.run.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "resumable.py")
@@ -138,7 +138,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_ones_intact(run_root, mon
 
     def failing_replay(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr("aquaml.checkpoint.save_replay", failing_replay)
+    monkeypatch.setattr("aquaml.run.checkpoint.save_replay", failing_replay)
     with pytest.raises(OSError, match="disk full"):
         ckpt.save(300, {"x": np.zeros(3)}, {"step": 300}, replay=(starter.buffer, None))
     assert {s: sorted(os.listdir(ckpt.path(s))) for s in ckpt.steps()} == before

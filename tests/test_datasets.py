@@ -14,7 +14,7 @@ from aquaml.algos.sac import transition_info
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.datasets import (Trajectories, behaviour_cloning, load_data, record_policy, save_data,
                              trajectories_from_buffer)
-from aquaml.worker import evaluate
+from aquaml.acting.worker import evaluate
 
 
 def two_obs_dataset(rows=7, starts=(0, 3, 5)):

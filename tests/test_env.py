@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from aquaml import GymnasiumEnv, SpecError
-from aquaml.env import normalize_step
+from aquaml.envs import normalize_step
 
 
 def test_pendulum_spaces_and_action_rescaling():

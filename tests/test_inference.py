@@ -1,4 +1,4 @@
-"""Acting in numpy (aquaml.inference): the same actions as TensorFlow for the same noise, new weights
+"""Acting in numpy (aquaml.acting.inference): the same actions as TensorFlow for the same noise, new weights
 only after sync, TensorFlow for graphs it cannot run, and an op table checked op by op."""
 import numpy as np
 import pytest
@@ -10,8 +10,8 @@ from test_ppo import Actor, Critic, make_ppo
 
 from aquaml import DataInfo, RLBaseModel, SACParameters
 from aquaml.algos.sac import SAC
-from aquaml.inference import NumpyGraph, UnsupportedGraph
-from aquaml.model import build_models
+from aquaml.acting.inference import NumpyGraph, UnsupportedGraph
+from aquaml.models.base import build_models
 
 
 def make_sac(classes, obs_info, **params):
@@ -207,7 +207,7 @@ def test_unsupported_op_is_named():
 
 
 def test_a_policy_whose_numpy_result_differs_acts_through_tensorflow(monkeypatch):
-    import aquaml.inference as inference
+    import aquaml.acting.inference as inference
     monkeypatch.setitem(inference.OPS, "Tanh", inference._unary(lambda x: x))  # a wrong numpy form
     sac = tutorial1_sac()
     policy = sac.host_policy(0, numpy=True)

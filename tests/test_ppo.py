@@ -12,9 +12,9 @@ from aquaml import (DataInfo, GymnasiumEnv, ModelContractError, PPO, PPO_paramet
                     RLBaseModel, RLTaskStarter)
 from aquaml.algos.ppo import compute_gae
 from aquaml.buffers.rollout import RolloutBuffer
-from aquaml.distributions import categorical_entropy, categorical_log_prob, gaussian_entropy, gaussian_log_prob
-from aquaml.model import build_models
-from aquaml.normalizer import RunningMeanStd
+from aquaml.models.distributions import categorical_entropy, categorical_log_prob, gaussian_entropy, gaussian_log_prob
+from aquaml.models.base import build_models
+from aquaml.models.normalizer import RunningMeanStd
 
 
 # --- GAE -------------------------------------------------------------------------------------------

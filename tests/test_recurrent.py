@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from aquaml import DataInfo, RLTaskStarter, SAC, SACParameters, load_policy
 from aquaml.buffers.replay import ReplayBuffer
-from aquaml.model import ModelContractError
-from aquaml.recurrent import sequence_mask
-from aquaml.worker import evaluate
+from aquaml.models.base import ModelContractError
+from aquaml.models.recurrent import sequence_mask
+from aquaml.acting.worker import evaluate
 from helpers import CountingEnv, MLPQ, load_tutorial
 from memory_task import LENGTH, CueEnv, LSTMActor, MLPActor, StateQ
 

@@ -9,9 +9,9 @@ from helpers import load_tutorial
 
 from aquaml import PPO, PPOParameters, RLBaseModel
 from aquaml.algos.ppo import to_sequences
-from aquaml.model import build_models
-from aquaml.recurrent import with_recurrent
-from aquaml.worker import Worker
+from aquaml.models.base import build_models
+from aquaml.models.recurrent import with_recurrent
+from aquaml.acting.worker import Worker
 
 tutorial2 = load_tutorial("tutorial2")
 STEPS, LENGTH = 20, 8  # 20 steps per segment: chunks of 8, 8 and 4 real steps + 4 padded

@@ -8,8 +8,8 @@ import tensorflow as tf
 
 from aquaml import DataInfo, RLBaseModel, SACParameters
 from aquaml.algos.sac import SAC
-from aquaml.distributions import squashed_gaussian_sample
-from aquaml.model import build_models
+from aquaml.models.distributions import squashed_gaussian_sample
+from aquaml.models.base import build_models
 
 GAMMA, ALPHA = 0.9, 0.5
 

@@ -9,7 +9,7 @@ Rollout layout (from ``rollout_info``): every observation name and the same name
 ``sample`` (the policy's draw: a Gaussian sample before clipping, or a category index),
 ``log_prob`` (of ``sample`` under the policy that acted), ``reward``, ``terminated``, ``truncated``.
 
-A recurrent actor (see ``aquaml.recurrent``) trains on sequences: every environment's time series
+A recurrent actor (see ``aquaml.models.recurrent``) trains on sequences: every environment's time series
 is cut into chunks of ``sequence_length`` steps (``to_sequences``), and each chunk is replayed from
 the state stored with its first step, restarting from the stored (zero) state at every episode
 start inside it. Values, advantages and the critic stay per step.
@@ -25,13 +25,13 @@ import tensorflow as tf
 from aquaml.algos.params import PPOParameters
 from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.data import DataInfo, SpecError
-from aquaml.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
+from aquaml.models.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
                                   gaussian_log_prob)
-from aquaml.inference import HostPolicy
-from aquaml.model import (ModelContractError, ModelSpec, assign_variables, is_discrete_action, model_state_groups,
+from aquaml.acting.inference import HostPolicy
+from aquaml.models.base import (ModelContractError, ModelSpec, assign_variables, is_discrete_action, model_state_groups,
                           read_variables, save_models)
-from aquaml.normalizer import RunningMeanStd
-from aquaml.recurrent import flatten_time, unroll, weighted_mean
+from aquaml.models.normalizer import RunningMeanStd
+from aquaml.models.recurrent import flatten_time, unroll, weighted_mean
 
 
 def rollout_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -294,7 +294,7 @@ class PPO:
     def host_policy(self, seed: int, numpy: bool | None = None) -> HostPolicy:
         """A policy with ``act``'s signature for code that knows when the weights change (worker
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
-        ``seed``, weights (and normalisation statistics) taken at ``sync()``. See ``aquaml.inference``."""
+        ``seed``, weights (and normalisation statistics) taken at ``sync()``. See ``aquaml.acting.inference``."""
         return HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(), self.set_actor_weights,
                           gumbel=self.discrete)
 
@@ -512,7 +512,7 @@ class PPO:
         assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
 
     def state_groups(self) -> dict[str, list]:
-        """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""
+        """Every variable a checkpoint must hold, by group (see ``aquaml.run.checkpoint``)."""
         groups = model_state_groups(self.models)
         groups["noise"] = [self.noise.state]
         if self.log_std is not None:

@@ -19,10 +19,10 @@ import tensorflow as tf
 from aquaml.algos.params import SACParameters
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
-from aquaml.distributions import squashed_gaussian_sample
-from aquaml.inference import HostPolicy
-from aquaml.model import ModelSpec, assign_variables, model_state_groups, read_variables, save_models
-from aquaml.recurrent import flatten_time, sequence_mask, unroll, weighted_mean
+from aquaml.models.distributions import squashed_gaussian_sample
+from aquaml.acting.inference import HostPolicy
+from aquaml.models.base import ModelSpec, assign_variables, model_state_groups, read_variables, save_models
+from aquaml.models.recurrent import flatten_time, sequence_mask, unroll, weighted_mean
 
 
 def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -38,7 +38,7 @@ class SAC:
     The actor's ``action`` output is the mean of a Gaussian before tanh squashing. Its ``log_std``
     output is used when present, otherwise a learned state-independent ``log_std``.
 
-    A recurrent actor (see ``aquaml.recurrent``) trains on sequences of ``sequence_length`` steps
+    A recurrent actor (see ``aquaml.models.recurrent``) trains on sequences of ``sequence_length`` steps
     of one environment, replayed from the state stored with their first step: the first
     ``burn_in`` steps only warm the state up, and steps after an episode's end carry no loss.
     Critics see every step as one transition; one that reads the recurrent entries gets the
@@ -214,7 +214,7 @@ class SAC:
     def host_policy(self, seed: int, numpy: bool | None = None) -> HostPolicy:
         """A policy with ``act``'s signature for code that knows when the weights change (worker
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
-        ``seed``, weights taken at ``sync()``. See ``aquaml.inference``."""
+        ``seed``, weights taken at ``sync()``. See ``aquaml.acting.inference``."""
         return HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(), self.set_actor_weights)
 
     def _compiled(self, name: str):
@@ -385,7 +385,7 @@ class SAC:
         assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
 
     def state_groups(self) -> dict[str, list]:
-        """Every variable a checkpoint must hold, by group (see ``aquaml.checkpoint``)."""
+        """Every variable a checkpoint must hold, by group (see ``aquaml.run.checkpoint``)."""
         groups = model_state_groups(self.models)
         groups.update({f"target/{k}": list(t.weights) for k, t in self.targets.items()})
         groups["alpha"] = [self.log_alpha] + list(self.alpha_optimizer.variables)

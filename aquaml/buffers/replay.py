@@ -151,7 +151,7 @@ class ReplayBuffer:
         """``batch_size`` sequences of ``length`` consecutive steps of one environment, each
         ``(batch_size, length, *shape)``, drawn uniformly over every start a slice holds.
 
-        A sequence may run across episode ends (``aquaml.recurrent.sequence_mask`` cuts them off).
+        A sequence may run across episode ends (``aquaml.models.recurrent.sequence_mask`` cuts them off).
 
         Raises:
             ValueError: no slice holds ``length`` steps of an environment yet.

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from aquaml.buffers.replay import ReplayBuffer
-from aquaml.checkpoint import next_due
+from aquaml.run.checkpoint import next_due
 from aquaml.parallel.failure import StopRequest
 from aquaml.parallel.mpi import POLL_SECONDS, Backoff, sleepy_barrier
 from aquaml.parallel.shared import SharedArrayStore
@@ -32,7 +32,7 @@ from aquaml.parallel.transport import (EPISODE_INFO, SnapshotSender, TransitionR
                                        WeightSender, receive_restore, receive_snapshots, receive_weights,
                                        send_restore)
 from aquaml.parallel.weights import WeightStore
-from aquaml.worker import EpisodeStats, Worker
+from aquaml.acting.worker import EpisodeStats, Worker
 
 # control block: [updates, stop, done(worker 0), done(worker 1), ...]
 UPDATES, STOP, DONE = 0, 1, 2
@@ -291,7 +291,7 @@ class WorkerRole:
             self.warmup = share(self.p.warmup_steps, topo.num_workers, w)
         self.sender = None if topo.on_optimizer_node else TransitionSender(topo.comm, starter.algo.batch_info)
         sink = state.buffer if self.sender is None else self.sender
-        # acts in numpy where the actor allows (aquaml.inference), with its own noise stream;
+        # acts in numpy where the actor allows (aquaml.acting.inference), with its own noise stream;
         # it takes new weights when _load_weights syncs it
         self.policy = starter.algo.host_policy(self.p.seed + 7919 + 104_729 * (w + 1))
         self.worker = Worker(starter.envs, starter.obs_info, starter.action_info, self.policy, sink,

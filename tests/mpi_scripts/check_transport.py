@@ -22,7 +22,7 @@ from aquaml.parallel.mpi import POLL_SECONDS, mpi, sleepy_barrier
 from aquaml.parallel.roles import DONE, STOP, NodeState, share
 from aquaml.parallel.topology import make_topology
 from aquaml.parallel.transport import TransitionReceiver, TransitionSender, WeightSender, receive_weights
-from aquaml.worker import Worker
+from aquaml.acting.worker import Worker
 
 TOTAL = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 SHAPES = [(64, 32), (32,)]

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.data import DataInfo
-from aquaml.model import RLBaseModel, actor_action_shape
+from aquaml.models.base import RLBaseModel, actor_action_shape
 
 #: Hidden layer widths by algorithm: SAC's paper sizes, PPO's (CleanRL/SB3) sizes.
 DEFAULT_HIDDEN = {"sac": (256, 256), "ppo": (64, 64)}

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from aquaml.data import EMPTY_INFO, DataInfo
-from aquaml.env import RLBaseEnv, normalize_step
+from aquaml.envs import RLBaseEnv, normalize_step
 
 Policy = Callable[[Mapping[str, np.ndarray], bool], dict]
 

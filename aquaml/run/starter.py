@@ -20,22 +20,22 @@ import tensorflow as tf
 
 from aquaml.algos.sac import SAC
 from aquaml.buffers.replay import ReplayBuffer
-from aquaml.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state, next_due,
+from aquaml.run.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state, next_due,
                                variables_state)
 from aquaml.data import DataInfo
-from aquaml.env import GymnasiumEnv, RLBaseEnv
-from aquaml.export import export_policy
-from aquaml.logger import RunLogger
-from aquaml.model import build_models
+from aquaml.envs import GymnasiumEnv, RLBaseEnv
+from aquaml.run.export import export_policy
+from aquaml.run.logger import RunLogger
+from aquaml.models.base import build_models
 from aquaml.parallel.devices import default_optimizer_threads, limit_tf_threads
 from aquaml.parallel.failure import StopRequest, install_abort_hook, report_and_abort
 from aquaml.parallel.mpi import launched_ranks, mpi
 from aquaml.parallel.roles import run_task
 from aquaml.parallel.topology import make_topology
-from aquaml.progress import Progress
-from aquaml.recurrent import with_recurrent
+from aquaml.run.progress import Progress
+from aquaml.models.recurrent import with_recurrent
 from aquaml.storage import set_aside_previous, unique_run_dir, write_text_atomic
-from aquaml.worker import Worker
+from aquaml.acting.worker import Worker
 
 
 #: Evaluation environments stepped together (one batched policy call per step for all of them).
@@ -214,7 +214,7 @@ class RLTaskStarter:
 
     @functools.cached_property
     def eval_policy(self) -> Any:
-        """The evaluation policy (numpy where the actor allows, see ``aquaml.inference``), built on
+        """The evaluation policy (numpy where the actor allows, see ``aquaml.acting.inference``), built on
         first use: worker ranks never evaluate. Callers ``sync()`` it before each evaluation."""
         return self.algo.host_policy(self.params.seed)
 
@@ -419,7 +419,7 @@ class _RolloutLoop(_OneProcessLoop):
         super().__init__(starter, logger, stop)
         self.rounds_done = 0
         # the weights change once per round: the worker acts in numpy where the actor allows
-        # (aquaml.inference), synced before each round, as a worker rank does
+        # (aquaml.acting.inference), synced before each round, as a worker rank does
         self.policy = starter.algo.host_policy(self.p.seed + 7919)
         starter.worker.policy = self.policy
 

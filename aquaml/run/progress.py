@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from aquaml.logger import RunLogger
-from aquaml.worker import evaluate
+from aquaml.run.logger import RunLogger
+from aquaml.acting.worker import evaluate
 
 
 #: Console lines come at most this often (short on-policy rounds would otherwise flood it);

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from aquaml.data import EMPTY_INFO, DataInfo, SpecError
-from aquaml.recurrent import recurrent_info, with_recurrent
+from aquaml.models.recurrent import recurrent_info, with_recurrent
 from aquaml.storage import atomic_path
 
 
@@ -233,7 +233,7 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
             observations alone (PPO's V).
 
     An actor input that is also one of its outputs is recurrent state (an LSTM's ``hidden1``,
-    ``hidden2``): it joins the observation spec (see ``aquaml.recurrent``) and the actor's spec
+    ``hidden2``): it joins the observation spec (see ``aquaml.models.recurrent``) and the actor's spec
     records it in ``state_info``.
 
     Raises:

@@ -1,0 +1,1 @@
+"""Running a task: the starter, progress and logging, checkpoints and policy export."""
