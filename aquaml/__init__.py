@@ -7,17 +7,24 @@ Public API (names kept from the reference AquaML)::
 
 Names are imported on first use, so ``import aquaml`` (and ``aquaml --help``) does not start
 TensorFlow; the first model, environment spec or starter does.
+
+``import aquaml`` also holds SIGTERM and SIGINT until a run starts (not in interactive sessions; see
+``aquaml.parallel.failure.DeferredSignals``): a job pre-empted while TensorFlow imports then ends
+with exit code 0 and a clear message instead of dying with signal 15. Import aquaml first.
 """
 import importlib as _importlib
 import os as _os
 
+from aquaml.parallel.failure import DEFERRED as _DEFERRED
+
 # TensorFlow prints hardware notes at import; keep them out of training logs unless asked for.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_DEFERRED.install()
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataInfo": "aquaml.data", "SpecError": "aquaml.data",
+    "DataInfo": "aquaml.data", "SpecError": "aquaml.data", "NonFiniteError": "aquaml.data",
     "RLBaseEnv": "aquaml.envs", "GymnasiumEnv": "aquaml.envs",
     "RLBaseModel": "aquaml.models.base", "ModelContractError": "aquaml.models.base",
     "SAC": "aquaml.algos", "SAC2": "aquaml.algos", "SACParameters": "aquaml.algos",

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from typing import Any, Sequence
@@ -23,7 +24,29 @@ ALGOS = ("sac", "ppo")
 
 
 class CLIError(Exception):
-    """A bad flag or a request that cannot be carried out; printed as ``aquaml <cmd>: error: ...``."""
+    """A bad flag or a request that cannot be carried out; printed as ``aquaml <cmd>: error: ...``.
+
+    ``prints`` says whether this rank prints it: under an MPI launch an error that every rank
+    finds alike (a bad flag) is printed by the first rank only.
+    """
+
+    def __init__(self, message: str, prints: bool | None = None) -> None:
+        super().__init__(message)
+        self.prints = _first_launched_rank() if prints is None else prints
+
+
+def _first_launched_rank() -> bool:
+    from aquaml.parallel.mpi import launched_rank, launched_ranks
+    return launched_ranks() == 1 or launched_rank() == 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are printed by one rank of an MPI launch, not by each."""
+
+    def error(self, message: str):
+        if not _first_launched_rank():
+            self.exit(2)
+        super().error(message)
 
 
 def _positive_int(text: str) -> int:
@@ -76,8 +99,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aquaml", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="aquaml", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export}")
     fmt = _HelpFormatter
 
@@ -217,7 +240,8 @@ def make_train_starter(cli: dict[str, Any]):
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
                              resume=args.resume, config_extra={"cli": cli})
     except (ValueError, TypeError, CheckpointError) as exc:  # SpecError and ModelContractError included
-        raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
+        # a problem found by one rank of an MPI task (see agree_to_start) is printed by that rank
+        raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}", getattr(exc, "aquaml_startup", None)) from None
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -230,12 +254,33 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                            f"{launched_ranks()} MPI ranks; drop --ranks when launching with srun/mpirun")
         rest = _without_ranks(list(argv))
         command = [_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "aquaml.cli"] + rest
-        return subprocess.call(command)
+        return _launch(command)
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "ranks")}
     cli["hidden"] = list(args.hidden) if args.hidden else None
     starter = make_train_starter(cli)
     starter.run()
     return 0
+
+
+def _launch(command: list[str]) -> int:
+    """Run the MPI launcher and return its exit code, passing SIGTERM and SIGINT on to it once.
+
+    The launcher gets a session of its own, so that a Ctrl-C in the terminal reaches it only
+    through this process (twice would interrupt the ranks at once instead of at a clean point).
+    """
+    from aquaml.parallel.failure import DEFERRED
+    held = DEFERRED.take()
+    if held is not None:
+        print(f"aquaml train: stopped by {held} before training started; nothing was written", flush=True)
+        return 0
+    child = subprocess.Popen(command, start_new_session=True)
+    forward = lambda signum, frame: child.send_signal(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _without_ranks(argv: list[str]) -> list[str]:
@@ -349,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_plot(args)
         return cmd_export(args)
     except CLIError as exc:
-        parser.exit(2, f"aquaml {args.command}: error: {exc}\n")
+        parser.exit(2, f"aquaml {args.command}: error: {exc}\n" if exc.prints else None)
     return 0
 
 

@@ -18,6 +18,10 @@ class SpecError(ValueError):
     """A value does not match a DataInfo (wrong name, shape or dtype)."""
 
 
+class NonFiniteError(ValueError):
+    """A NaN or an infinity where training needs finite numbers (an observation, a reward, a loss)."""
+
+
 def _as_shape(shape: Any, where: str) -> Shape:
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)

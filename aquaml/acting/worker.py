@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import pickle
 import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from aquaml.data import EMPTY_INFO, DataInfo
+from aquaml.data import EMPTY_INFO, DataInfo, NonFiniteError
 from aquaml.envs import RLBaseEnv, normalize_step
 
 Policy = Callable[[Mapping[str, np.ndarray], bool], dict]
@@ -98,6 +99,9 @@ class Worker:
         self._lengths = np.zeros(len(self.envs), np.int64)
         self.steps = 0
         self.recurrent = any(len(getattr(e, "_recurrent_info", ())) for e in self.envs)
+        own = _env_part(self.envs[0], obs_info)[0] if self.envs else obs_info
+        #: the float observations the environments produce (recurrent state comes from the actor)
+        self._float_obs = tuple(n for n in own.names if own.dtype(n).kind == "f")
 
     def state_dict(self) -> dict:
         """Everything needed to continue stepping exactly from here: counters, RNG state, current
@@ -132,9 +136,30 @@ class Worker:
         self._returns = [dict(r) for r in state["returns"]]
         self._lengths[:] = state["lengths"]
 
+    def _check_finite(self, obs: Mapping[str, np.ndarray], what: str) -> None:
+        """Raise NonFiniteError if a float observation of any environment holds a NaN or an infinity.
+
+        One sum per name over every environment is the fast test (NaN and infinities survive a
+        sum); only a non-finite sum is looked at element by element, so that a sum that merely
+        overflowed is not mistaken for one.
+        """
+        for name in self._float_obs:
+            values = obs[name]
+            if not math.isfinite(np.add.reduce(values, axis=None)):
+                bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    raise self._non_finite(i, f"{what} {name!r}", values[i])
+
+    def _non_finite(self, env_index: int, field: str, value) -> NonFiniteError:
+        return NonFiniteError(f"environment {env_index} of worker {self.slice_index} ({type(self.envs[env_index]).__name__}) "
+                              f"returned a non-finite {field} at step {self.steps + 1} of this worker: {value!r}. "
+                              "Stopped before it reached the replay buffer or the weights: no checkpoint holds it")
+
     def reset(self) -> None:
         first = [reset_env(env, self.obs_info, self.seed + i) for i, env in enumerate(self.envs)]
         self.obs = {n: np.stack([o[n] for o in first]) for n in self.obs_info.names}
+        self._check_finite(self.obs, "reset() observation")
         self._returns = [{} for _ in self.envs]
         self._lengths[:] = 0
 
@@ -173,6 +198,8 @@ class Worker:
             for name in self.obs_info.names:
                 next_obs[name][i] = result.obs[name]
             reward[i] = result.reward["total_reward"]
+            if not math.isfinite(result.reward["total_reward"]):
+                raise self._non_finite(i, "reward 'total_reward'", result.reward["total_reward"])
             terminated[i], truncated[i] = result.terminated, result.truncated
             sums = self._returns[i]
             for k, v in result.reward.items():
@@ -182,6 +209,7 @@ class Worker:
                 finished.append(EpisodeStats(sums, int(self._lengths[i]), result.terminated))
                 self._returns[i], self._lengths[i] = {}, 0
                 reset_obs[i] = reset_env(env, self.obs_info, None)
+        self._check_finite(next_obs, "observation")
         # the policy's outputs (action, and e.g. PPO's sample and log_prob): the buffer keeps its
         # columns. The observation comes after them: a recurrent entry stores the state that was
         # the actor's input at this step; the one it returned is in the next_ columns.
@@ -191,6 +219,8 @@ class Worker:
         for i, obs in reset_obs.items():
             for name in self.obs_info.names:
                 next_obs[name][i] = obs[name]
+        if reset_obs:
+            self._check_finite(next_obs, "reset() observation")
         self.obs = next_obs
         self.steps += n
         return finished

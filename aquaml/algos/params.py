@@ -25,6 +25,11 @@ def _check_ints(params: Any, positive: tuple[str, ...], non_negative: tuple[str,
         _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, "an int >= 0", value)
 
 
+def _check_stall_timeout(value: Any) -> None:
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0,
+           "stall_timeout", "a finite number of seconds >= 0 (0 = never)", value)
+
+
 def with_aliases(aliases: dict[str, str], derived: Callable[[dict], dict] | None = None):
     """Make a dataclass accept ``aliases`` (reference name -> field) and reject unknown names.
 
@@ -144,6 +149,9 @@ class SACParameters:
     """Under MPI: the most gradient updates the optimizer runs in one compiled call (fewer when
     fewer are due). The call's batches are sampled together at its start, and the weights it
     publishes come out of the same call. 1 is one update per call."""
+    stall_timeout: float = 300.0
+    """Under MPI: seconds the optimizer waits on workers that write nothing before it names the
+    silent ranks and aborts the job (a stuck environment step, a lost rank); 0 waits forever."""
     seed: int = 0
     """Seed of every random stream (environments, initial weights, sampling, noise)."""
     jit_compile: bool = False
@@ -169,6 +177,7 @@ class SACParameters:
         _check(self.alpha_learning_rate > 0, "alpha_learning_rate", "> 0", self.alpha_learning_rate)
         _check(self.replay_ratio > 0 and math.isfinite(self.replay_ratio), "replay_ratio",
                "a finite number > 0", self.replay_ratio)
+        _check_stall_timeout(self.stall_timeout)
         _check(self.log_std_min < self.log_std_max, "log_std_min",
                f"below log_std_max={self.log_std_max}", self.log_std_min)
         _check(self.target_entropy is None or math.isfinite(self.target_entropy), "target_entropy",
@@ -267,6 +276,9 @@ class PPOParameters:
     """Episodes per evaluation."""
     display_interval: int = 1
     """Training rounds between progress lines on the console."""
+    stall_timeout: float = 300.0
+    """Under MPI: seconds the optimizer waits on workers that write nothing before it names the
+    silent ranks and aborts the job (a stuck environment step, a lost rank); 0 waits forever."""
     seed: int = 0
     """Seed of every random stream (environments, initial weights, shuffling, sampling)."""
     sequence_length: int = 64
@@ -289,6 +301,7 @@ class PPOParameters:
                self.max_grad_norm)
         _check(self.target_kl is None or self.target_kl > 0, "target_kl", "None or > 0", self.target_kl)
         _check(self.obs_clip > 0, "obs_clip", "> 0", self.obs_clip)
+        _check_stall_timeout(self.stall_timeout)
         _check(self.reward_scale > 0 and math.isfinite(self.reward_scale), "reward_scale",
                "a finite number > 0", self.reward_scale)
         _check(self.log_std_min < self.log_std_max, "log_std_min",

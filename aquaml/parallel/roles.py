@@ -24,21 +24,24 @@ import numpy as np
 
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.run.checkpoint import next_due
+from aquaml.parallel.episodes import EPISODE_RING, EpisodeRingReader, ring_size
 from aquaml.parallel.failure import StopRequest
 from aquaml.parallel.mpi import POLL_SECONDS, Backoff, sleepy_barrier
 from aquaml.parallel.shared import SharedArrayStore
 from aquaml.parallel.topology import Topology
-from aquaml.parallel.transport import (EPISODE_INFO, SnapshotSender, TransitionReceiver, TransitionSender,
-                                       WeightSender, receive_restore, receive_snapshots, receive_weights,
+from aquaml.parallel.transport import (EPISODE_INFO, LeaderChannel, SnapshotSender, TransitionReceiver,
+                                       TransitionSender, receive_from_optimizer, receive_restore, receive_snapshots,
                                        send_restore)
 from aquaml.parallel.weights import WeightStore
+from aquaml.schedules.rate import ReplayRatio
 from aquaml.acting.worker import EpisodeStats, Worker
 
-# control block: [updates, stop, done(worker 0), done(worker 1), ...]
+# control block: [updates, stop, done(worker 0..W-1), waiting(worker 0..W-1)]
 UPDATES, STOP, DONE = 0, 1, 2
-EPISODE_RING = 1024
-#: The mark of a snapshot sent by a worker that stopped on a signal before its quota.
+#: The mark of a worker's last message when it stopped (a signal) before its quota.
 STOP_MARK = 1 << 40
+#: The mark of a worker's last message in synchronous rounds when it reached its quota.
+END_MARK = 1 << 41
 #: How often the optimizer looks for worker snapshots while it trains or waits for data.
 SNAPSHOT_POLL_SECONDS = 0.02
 
@@ -55,18 +58,73 @@ def share(total: int, workers: int, index: int) -> int:
     return total // workers + (1 if index < total % workers else 0)
 
 
+def episode_ring_size(starter: Any) -> int:
+    """Finished episodes a worker's ring holds. In synchronous rounds the optimizer reads the rings
+    while it waits for a round, so two rounds of records fit; asynchronous workers are read every
+    few milliseconds, and a slow evaluation may drop some (see ``EpisodeRingReader``)."""
+    p = starter.params
+    steps = 2 * p.rollout_steps if starter.algo.schedule == "sync" else 0
+    return ring_size(steps, p.envs_per_worker)
+
+
+class WorkerStall(RuntimeError):
+    """No worker wrote anything for ``stall_timeout`` seconds while the optimizer waited for them."""
+
+
+class StallWatch:
+    """Notices workers that have gone silent: a stuck environment step, a hung or lost rank.
+
+    ``check(activity)`` is called while the optimizer waits on the workers, with a per-worker
+    count that grows whenever a worker does anything (rows written, snapshots sent). When none
+    has grown for ``timeout`` seconds (0: never), it raises ``WorkerStall`` naming the ranks that
+    stayed silent longest.
+    """
+
+    def __init__(self, timeout: float, workers: int) -> None:
+        self.timeout = float(timeout)
+        self._seen = np.full(workers, -1, np.int64)
+        self._since = np.full(workers, time.monotonic())
+
+    def check(self, activity: np.ndarray, finished: np.ndarray, waiting: np.ndarray | None = None) -> None:
+        """``activity`` per worker; ``finished`` marks workers that are done (never stalled);
+        ``waiting`` (1 while a worker waits for the optimizer, -1 where unknown) goes into the report."""
+        now = time.monotonic()
+        changed = activity != self._seen
+        self._since[changed] = now
+        self._seen[changed] = activity[changed]
+        if not self.timeout:
+            return
+        waiting_on = np.flatnonzero(~finished)
+        silence = now - self._since[waiting_on]
+        if len(waiting_on) and silence.min() > self.timeout:
+            longest = waiting_on[np.argsort(-silence, kind="stable")]
+            state = {1: "waiting for the optimizer", 0: "inside an environment step, or dead",
+                     -1: "on another node"}
+            raise WorkerStall(f"no worker wrote anything for {self.timeout:.0f} s (stall_timeout): "
+                              + "; ".join(f"rank {w + 1} (worker {w}) silent {now - self._since[w]:.0f} s, "
+                                          + state[-1 if waiting is None else int(waiting[w])] for w in longest)
+                              + ". Aborting so that the job does not wait forever")
+
+    def reset(self) -> None:
+        """The optimizer was busy (training, evaluating): waiting starts afresh."""
+        self._since[:] = time.monotonic()
+
+
 class NodeState:
     """What the ranks of one node share: control block and weight store; on the optimizer's node
     also the replay buffer (a slice per worker) and per-worker rings of finished episodes."""
 
-    def __init__(self, topo: Topology, algo: Any, weight_shapes) -> None:
+    def __init__(self, topo: Topology, algo: Any, weight_shapes, ring: int = EPISODE_RING) -> None:
         self.store = SharedArrayStore(topo.node_comm)
-        self.control = self.store.allocate({"control": ((DONE + topo.num_workers,), np.dtype(np.int64))})["control"]
+        workers = topo.num_workers
+        self.control = self.store.allocate({"control": ((DONE + 2 * workers,), np.dtype(np.int64))})["control"]
+        #: per worker: 1 while it waits for the optimizer (held back, or waiting for weights)
+        self.waiting = self.control[DONE + workers:]
         self.weights = WeightStore(weight_shapes, self.store)
         self.buffer = self.episodes = None
         if topo.on_optimizer_node:
             self.buffer = algo.make_buffer(topo.num_workers, self.store)
-            self.episodes = ReplayBuffer(EPISODE_INFO, EPISODE_RING * topo.num_workers, topo.num_workers, self.store)
+            self.episodes = ReplayBuffer(EPISODE_INFO, ring * topo.num_workers, topo.num_workers, self.store)
 
     def close(self) -> None:
         self.store.close()
@@ -78,19 +136,21 @@ class OptimizerRole:
     def __init__(self, starter: Any, topo: Topology, state: NodeState, progress: Any, stop: StopRequest) -> None:
         self.s, self.p, self.topo, self.state, self.progress, self.stop = starter, starter.params, topo, state, progress, stop
         self.rng = np.random.default_rng(self.p.seed + 1)
+        self.rate = _replay_ratio(starter)
         self.updates = 0
-        self._episodes_read = np.zeros(topo.num_workers, np.int64)
         remote = topo.remote_workers()
         self._num_remote = len(remote)
         self.local_workers = [r - 1 for r in range(1, topo.size) if r not in remote]
         self.receiver = TransitionReceiver(topo.comm, state.buffer.info, state.buffer, self._remote_episodes) \
             if remote else None
-        self.weight_sender = WeightSender(topo.comm, topo.remote_leaders) if topo.remote_leaders else None
+        self.leaders = LeaderChannel(topo.comm, topo.remote_leaders) if topo.remote_leaders else None
         self.snapshots: dict[int, tuple[int, dict]] = {}  # worker index -> its newest (mark, state)
         self.rounds_done = 0
         self.checkpointed_at = -1  # the step of the newest checkpoint written by this process
         self._last_snapshot_poll = -math.inf
         self._new_snapshots = False
+        self.stall = StallWatch(self.p.stall_timeout, topo.num_workers)
+        self.episode_reader = EpisodeRingReader(state.episodes, self.local_workers)
 
     def restore(self, restored: tuple[dict, dict] | None) -> None:
         """Continue from a checkpoint (or start afresh): this rank's state, then each worker's."""
@@ -100,8 +160,7 @@ class OptimizerRole:
             self.s.restore_algo(arrays, state, self.state.buffer)
             self.progress.load_state_dict(state["progress"])
             loop = state["loop"]
-            self.updates = loop["updates"]
-            self.state.control[UPDATES] = self.updates
+            self._count_updates(loop["updates"])
             self.rng.bit_generator.state = loop["rng"]
             self.rounds_done = loop.get("rounds_done", 0)
             if self.s.algo.schedule == "sync":
@@ -119,19 +178,24 @@ class OptimizerRole:
         self.progress.add_episodes(_episode_stats(columns))
 
     def _drain_local_episodes(self) -> None:
-        for w in self.local_workers:
-            if self.state.episodes.counters[w] > self._episodes_read[w]:
-                columns, self._episodes_read[w] = self.state.episodes.rows_since(w, int(self._episodes_read[w]))
-                self.progress.add_episodes(_episode_stats(columns))
+        for _, columns in self.episode_reader.read():
+            self.progress.add_episodes(_episode_stats(columns))
 
-    def publish(self, force: bool = False, version: int | None = None, flat: np.ndarray | None = None) -> None:
+    def publish(self, version: int | None = None, flat: np.ndarray | None = None) -> None:
         """Publish the actor's weights as ``version`` (default: the next one) on every node;
         ``flat`` is them already flat (from ``update_many``), else they are read from the actor."""
         if flat is None:
             flat = self.state.weights.flatten(self.s.algo.actor_weights())
         self.state.weights.publish_flat(flat, version)
-        if self.weight_sender is not None:
-            self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=False, force=force)
+        if self.leaders is not None:
+            self.leaders.offer(self.updates, self.state.weights.version, flat)
+
+    def _count_updates(self, updates: int) -> None:
+        """Make ``updates`` the count every worker paces itself by (other nodes learn it by message)."""
+        self.updates = updates
+        self.state.control[UPDATES] = updates
+        if self.leaders is not None:
+            self.leaders.offer(updates)
 
     def _all_done(self) -> bool:
         local = all(self.state.control[DONE + w] for w in self.local_workers)
@@ -140,11 +204,39 @@ class OptimizerRole:
     def _poll(self) -> None:
         if self.receiver is not None:
             self.receiver.poll()
+        if self.leaders is not None:
+            self.leaders.progress()  # what a busy leader could not take yet
         self._drain_local_episodes()
         now = time.monotonic()
         if now - self._last_snapshot_poll >= SNAPSHOT_POLL_SECONDS:  # rare messages: no need to probe often
             self._last_snapshot_poll = now
-            self._new_snapshots |= receive_snapshots(self.topo.comm, self.snapshots) > 0
+            self._take_snapshots()
+
+    def _take_snapshots(self) -> None:
+        """Receive what workers sent; a worker that stopped before its quota stops the job."""
+        if receive_snapshots(self.topo.comm, self.snapshots) > 0:
+            self._new_snapshots = True
+            stopped = [w for w, (mark, _) in sorted(self.snapshots.items()) if mark == STOP_MARK]
+            if stopped:
+                self.stop.request(f"a signal to rank {stopped[0] + 1} (worker {stopped[0]})")
+
+    def _activity(self) -> np.ndarray:
+        """Per worker, a count that grows with everything it sends (rows, snapshots)."""
+        return self.state.buffer.counters + np.array(self._marks(), np.int64)
+
+    def _waiting(self) -> np.ndarray:
+        """Per worker: 1 while it waits for the optimizer, 0 while it steps, -1 on other nodes."""
+        waiting = np.full(self.topo.num_workers, -1, np.int64)
+        waiting[self.local_workers] = self.state.waiting[self.local_workers]
+        return waiting
+
+    def _finished(self) -> np.ndarray:
+        done = np.zeros(self.topo.num_workers, bool)
+        for w in self.local_workers:
+            done[w] = bool(self.state.control[DONE + w])
+        for rank in (self.receiver.done if self.receiver is not None else ()):
+            done[rank - 1] = True
+        return done
 
     def _marks(self) -> list[int]:
         return [self.snapshots[w][0] if w in self.snapshots else 0 for w in range(self.topo.num_workers)]
@@ -152,9 +244,11 @@ class OptimizerRole:
     def _wait_for_marks(self, least: int) -> None:
         """Sleep until every worker's newest snapshot has a mark of at least ``least``."""
         backoff = Backoff()
+        self.stall.reset()
         while min(self._marks()) < least:
             self._poll()
-            self._new_snapshots |= receive_snapshots(self.topo.comm, self.snapshots) > 0
+            self._take_snapshots()
+            self.stall.check(self._activity(), np.array(self._marks()) >= least)
             backoff.sleep()
 
     def run(self) -> dict[str, float]:
@@ -167,15 +261,17 @@ class OptimizerRole:
         rounds = p.rounds(self.topo.num_workers)
         per_round = p.rollout_steps * p.envs_per_worker * self.topo.num_workers
         first = self.rounds_done
-        self.publish(force=True, version=first + 1)  # round k runs on version k + 1, also after a resume
+        self.publish(version=first + 1)  # round k runs on version k + 1, also after a resume
         interval = self.s.checkpoint_interval
         steps, backoff = first * per_round, Backoff()
         next_checkpoint = next_due(steps, interval)
         round_states: list[dict] | None = None
         for k in range(first, rounds):
             backoff.reset()
+            self.stall.reset()
             while not buffer.complete(k + 1) and not self.stop.requested:
                 self._poll()
+                self.stall.check(self._activity(), self._finished(), self._waiting())
                 backoff.sleep()
             if self.stop.requested:
                 break
@@ -183,12 +279,12 @@ class OptimizerRole:
             round_states = [self.snapshots[w][1] for w in range(self.topo.num_workers)]
             self._poll()
             self.progress.add_metrics(self.s.algo.train(buffer.segments()))
-            self.updates = self.rounds_done = k + 1
-            self.state.control[UPDATES] = self.updates
+            self.rounds_done = k + 1
+            self._count_updates(k + 1)
             steps = (k + 1) * per_round
             finished = k + 1 == rounds
             if not finished:
-                self.publish(force=True)  # every version must reach every node: workers wait for it
+                self.publish()  # workers wait for it (the previous version has reached every node)
             self.progress.advance(steps, self.updates, finished=finished)
             if steps >= next_checkpoint or finished:
                 self.checkpoint(steps, round_states)
@@ -201,27 +297,29 @@ class OptimizerRole:
         """SAC's free-running schedule. Worker ``w`` snapshots itself when its steps reach its share
         of each checkpoint mark; once every worker has, the optimizer writes the checkpoint with
         the replay buffer cut at the snapshotted counts."""
-        p, buffer, control = self.p, self.state.buffer, self.state.control
-        self.publish(force=True)
+        p, buffer = self.p, self.state.buffer
+        self.publish()
         marks = async_marks(p.total_steps, self.s.checkpoint_interval)
         written = sum(1 for m in marks if m <= max(self.checkpointed_at, 0))
         total, backoff = 0, Backoff()
         while not self.stop.requested:
             self._poll()
             total = int(buffer.counters.sum())
-            due = int((total - p.learning_starts) * p.replay_ratio) - self.updates if total >= p.learning_starts else 0
+            due = self.rate.updates_due(total, self.updates)
             if due > 0:
                 backoff.reset()
+                self.stall.reset()
                 count = min(due, p.updates_per_call)
                 metrics, flat = self.s.algo.update_many(self.s.algo.sample_many(buffer, self.rng, count))
                 self.progress.add_metrics(metrics)
-                before, self.updates = self.updates, self.updates + count
-                control[UPDATES] = self.updates
+                before = self.updates
+                self._count_updates(before + count)
                 if self.updates // p.weight_sync_interval > before // p.weight_sync_interval:
                     self.publish(flat=flat)
             elif self._all_done():
                 break
             else:  # waiting for transitions: short waits stay short, long ones wake less often
+                self.stall.check(self._activity(), self._finished(), self._waiting())
                 backoff.sleep()
             if total < p.total_steps:  # the last epoch's row is written once, with the final evaluation
                 self.progress.advance(total, self.updates)
@@ -232,6 +330,7 @@ class OptimizerRole:
                         written = min(reached, len(marks) - 1)
                         self._checkpoint_snapshots()
         self._drain_local_episodes()
+        total = int(buffer.counters.sum())  # a worker may have finished after total was read above
         if self.stop.requested:
             self.stop_workers()
             self._wait_for_marks(len(marks))  # every worker's last snapshot (final or stopped)
@@ -245,29 +344,51 @@ class OptimizerRole:
     def _checkpoint_snapshots(self) -> None:
         states = [self.snapshots[w][1] for w in range(self.topo.num_workers)]
         counts = np.array([st["worker"]["steps"] for st in states], np.int64)
+        self._wait_for_rows(counts)
         self.checkpoint(int(counts.sum()), states, counts)
+
+    def _wait_for_rows(self, counts: np.ndarray) -> None:
+        """Sleep until every slice holds the rows its worker's snapshot counts: a worker on another
+        node sends its transitions before its snapshot, but the two travel as different messages,
+        and a checkpoint cut short of them would resume that slice with rows missing."""
+        backoff = Backoff()
+        self.stall.reset()
+        while (self.state.buffer.counters < counts).any():
+            self._poll()
+            self.stall.check(self._activity(), self.state.buffer.counters >= counts)
+            backoff.sleep()
 
     def stop_workers(self) -> None:
         """Raise the stop flag on every node (workers leave their loops and report)."""
         self.state.store.fence()
         self.state.control[STOP] = 1
         self.state.store.fence()
-        if self.weight_sender is not None:
-            flat = self.state.weights.read_flat(0)[1]
-            self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=True, force=True)
+        if self.leaders is not None:
+            self.leaders.stop()
 
     def finish(self) -> None:
         """Tell every worker to stop (shared flag here, a message to other nodes' leaders) and take
         each one's last snapshot message, so that no message is left unreceived at MPI_Finalize
         (which made MPICH's launcher kill a worker after a stopped PPO run)."""
+        if self.episode_reader.dropped and self.s.verbose:
+            print(f"[{self.s.name}] {self.episode_reader.dropped} finished-episode records were dropped from the "
+                  "statistics (workers finished episodes faster than they were read)", flush=True)
         self.stop_workers()
         if self.s.algo.schedule == "sync":
             self._wait_for_marks(STOP_MARK)
-        if self.weight_sender is not None:
-            self.weight_sender.wait()
+        self.stall.reset()
         while not self._all_done():
             self._poll()  # stopped early: take the workers' last messages so their sends complete
+            self.stall.check(self._activity(), self._finished(), self._waiting())
             time.sleep(POLL_SECONDS)
+
+
+def _replay_ratio(starter: Any) -> ReplayRatio | None:
+    """The asynchronous schedule's rate limiter (None for synchronous rounds)."""
+    if starter.algo.schedule != "async":
+        return None
+    p = starter.params
+    return ReplayRatio(p.replay_ratio, p.learning_starts, p.max_worker_lead)
 
 
 def _episode_stats(columns: dict) -> list[EpisodeStats]:
@@ -289,6 +410,7 @@ class WorkerRole:
         else:
             self.quota = share(self.p.total_steps, topo.num_workers, w)
             self.warmup = share(self.p.warmup_steps, topo.num_workers, w)
+            self.rate = _replay_ratio(starter)
         self.sender = None if topo.on_optimizer_node else TransitionSender(topo.comm, starter.algo.batch_info)
         sink = state.buffer if self.sender is None else self.sender
         # acts in numpy where the actor allows (aquaml.acting.inference), with its own noise stream;
@@ -332,20 +454,18 @@ class WorkerRole:
     def _allowed_steps(self) -> int:
         if self.sync:  # round k runs on weights version k + 1 (a version per finished round)
             return self.version * self.round_steps
-        updates = int(self.state.control[UPDATES])
-        allowed_total = self.p.learning_starts + updates / self.p.replay_ratio
-        return math.ceil(allowed_total / self.topo.num_workers) + self.p.max_worker_lead
+        return self.rate.steps_allowed(int(self.state.control[UPDATES]), self.topo.num_workers)
 
     def _poll_leader_messages(self) -> None:
         """On another node's leader: move the newest weights and counters into the node's store."""
         if self.sender is None or not self.topo.is_node_leader:
             return
-        got = receive_weights(self.topo.comm)
+        got = receive_from_optimizer(self.topo.comm)
         if got is not None:
-            version, updates, stop, flat = got
-            if version > self.state.weights.version:
+            version, flat, updates, stop = got
+            if flat is not None and version > self.state.weights.version:
                 self.state.weights.publish_flat(flat, version)
-            self.state.control[UPDATES] = updates
+            self.state.control[UPDATES] = max(int(self.state.control[UPDATES]), updates)
             if stop:
                 self.state.control[STOP] = 1
 
@@ -360,6 +480,7 @@ class WorkerRole:
 
     def run(self) -> None:
         worker, backoff = self.worker, Backoff()
+        waiting = self.state.waiting[self.topo.worker_index:self.topo.worker_index + 1]  # what the optimizer sees
         while worker.steps < self.quota and not self._stopping():
             self._poll_leader_messages()
             random = worker.steps < self.warmup
@@ -371,20 +492,23 @@ class WorkerRole:
                 # waiting for a training round (sync) or for updates (async): a worker held back
                 # is max_worker_lead steps ahead, so waking every few ms costs the optimizer
                 # nothing, where waking every 0.5 ms took 15% of a core per worker
+                waiting[0] = 1
                 backoff.sleep()
                 continue
             backoff.reset()
             self._load_weights()
             if not random and self.version == 0:
+                waiting[0] = 1
                 time.sleep(POLL_SECONDS)  # the first weights are on their way
                 continue
+            waiting[0] = 0
             episodes = worker.step(random=random)
             if episodes:
                 self._record(episodes)
             self._maybe_snapshot()
             self.snapshot_sender.progress()
         if self.sync:  # the last message: the optimizer takes every snapshot up to this one
-            self.snapshot_sender.send(STOP_MARK, None)
+            self.snapshot_sender.send(END_MARK if worker.steps >= self.quota else STOP_MARK, None)
         else:  # always a terminal snapshot: final at the quota (even when resumed already there), else stopped
             if self.sender is not None:
                 self.sender.flush()
@@ -413,7 +537,7 @@ def run_task(starter: Any, topo: Topology, progress_factory: Any) -> tuple[dict[
     """Run one task on every rank of ``topo``; the optimizer returns its final evaluation (and
     every rank its StopRequest, which says whether a signal cut the run short)."""
     stop = StopRequest()
-    state = NodeState(topo, starter.algo, [w.shape for w in starter.algo.actor_weights()])
+    state = NodeState(topo, starter.algo, [w.shape for w in starter.algo.actor_weights()], episode_ring_size(starter))
     try:
         if topo.is_optimizer:
             role = OptimizerRole(starter, topo, state, progress_factory(), stop)

@@ -119,46 +119,97 @@ class TransitionReceiver:
         return written
 
 
-class WeightSender:
-    """On the optimizer: sends new weights (with the update count and stop flag) to remote node leaders.
+#: Header of an optimizer-to-leader message: int64 [version, updates, stop, has weights].
+_LEADER_HEADER = 4
 
-    A leader whose previous message is still in flight is skipped this time, so messages never queue.
+
+class LeaderChannel:
+    """On the optimizer: keeps every remote node leader up to date on weights, update count and stop.
+
+    Each leader has at most one message in flight. What is offered while one is in flight is not
+    lost: ``progress()`` sends the newest state (the newest weights, if any were offered since the
+    last send, else the update count alone) as soon as the previous message has been received. All
+    messages share one tag, so a leader receives them in the order they were sent, and the stop
+    message is the last one: nothing is sent after it (a send nobody receives would never complete).
     """
 
     def __init__(self, comm: Any, leaders: list[int]) -> None:
         self.comm, self.leaders = comm, leaders
-        self._pending: dict[int, tuple[Any, np.ndarray]] = {}
+        self._in_flight: dict[int, tuple[Any, np.ndarray]] = {}
+        self._sent: dict[int, tuple[int, int]] = {leader: (-1, -1) for leader in leaders}  # (version, updates)
+        self._version, self._updates, self._flat = 0, 0, None
+        self.stopped = False
 
-    def send(self, flat: np.ndarray, version: int, updates: int, stop: bool, force: bool = False) -> None:
-        message = np.concatenate([np.array([version, updates, int(stop)], np.int64).view(np.uint8),
-                                  np.asarray(flat, np.float32).view(np.uint8)])
+    def offer(self, updates: int, version: int | None = None, flat: np.ndarray | None = None) -> None:
+        """Record the newest update count (and weights ``flat`` as ``version``), sent when a leader is free."""
+        self._updates = max(self._updates, int(updates))
+        if flat is not None:
+            self._version, self._flat = int(version), flat
+        self.progress()
+
+    def progress(self) -> None:
+        """Send the newest state to every leader whose previous message has arrived."""
+        if self.stopped:
+            return
         for leader in self.leaders:
-            pending = self._pending.get(leader)
-            if pending is not None:
-                if force:
-                    sleepy_wait(pending[0])
-                elif not pending[0].Test():
-                    continue
-            self._pending[leader] = (self.comm.Isend([message, mpi().BYTE], dest=leader, tag=TAG_WEIGHTS), message)
+            if not self._free(leader):
+                continue
+            version, updates = self._sent[leader]
+            with_weights = self._flat is not None and self._version > version
+            if with_weights or self._updates > updates:
+                self._send(leader, stop=False, with_weights=with_weights)
 
-    def wait(self) -> None:
-        for request, _ in self._pending.values():
-            sleepy_wait(request)
-        self._pending.clear()
+    def stop(self) -> None:
+        """Send every leader its last message (the newest count and the stop flag) once everything
+        sent before has arrived, and wait for it. Calling it again does nothing."""
+        if self.stopped:
+            return
+        for leader in self.leaders:
+            self._wait(leader)  # the leader is still receiving: it has not seen a stop yet
+            self._send(leader, stop=True, with_weights=False)
+        for leader in self.leaders:
+            self._wait(leader)
+        self.stopped = True
+
+    def _free(self, leader: int) -> bool:
+        pending = self._in_flight.get(leader)
+        if pending is not None and not pending[0].Test():
+            return False
+        self._in_flight.pop(leader, None)
+        return True
+
+    def _wait(self, leader: int) -> None:
+        pending = self._in_flight.pop(leader, None)
+        if pending is not None:
+            sleepy_wait(pending[0])
+
+    def _send(self, leader: int, stop: bool, with_weights: bool) -> None:
+        header = np.array([self._version, self._updates, int(stop), int(with_weights)], np.int64).view(np.uint8)
+        message = np.concatenate([header, np.asarray(self._flat, np.float32).view(np.uint8)]) if with_weights \
+            else header
+        self._in_flight[leader] = (self.comm.Isend([message, mpi().BYTE], dest=leader, tag=TAG_WEIGHTS), message)
+        self._sent[leader] = (self._version if with_weights else self._sent[leader][0], self._updates)
 
 
-def receive_weights(comm: Any) -> tuple[int, int, bool, np.ndarray] | None:
-    """On a remote node leader: the newest weights message, ``(version, updates, stop, flat)``, or None."""
+def receive_from_optimizer(comm: Any) -> tuple[int, np.ndarray | None, int, bool] | None:
+    """On a remote node leader: every message the optimizer sent since the last call, folded into
+    ``(version, flat weights or None, updates, stop)`` (the newest weights, the highest count), or
+    None when nothing arrived."""
     MPI = mpi()
-    status, latest = MPI.Status(), None
+    status, got = MPI.Status(), None
+    version, flat, updates, stop = 0, None, 0, False
     while comm.Iprobe(source=0, tag=TAG_WEIGHTS, status=status):
         buf = np.empty(status.Get_count(MPI.BYTE), np.uint8)
         comm.Recv([buf, MPI.BYTE], source=0, tag=TAG_WEIGHTS)
-        latest = buf
-    if latest is None:
+        got = True
+        head = buf[:8 * _LEADER_HEADER].view(np.int64)
+        updates = max(updates, int(head[1]))
+        stop = stop or bool(head[2])
+        if head[3] and int(head[0]) >= version:
+            version, flat = int(head[0]), buf[8 * _LEADER_HEADER:].view(np.float32)
+    if got is None:
         return None
-    version, updates, stop = (int(v) for v in latest[:24].view(np.int64))
-    return version, updates, bool(stop), latest[24:].view(np.float32)
+    return version, flat, updates, stop
 
 
 # --- checkpoint snapshots: rare, small-to-medium Python objects (a worker's pickled environments,

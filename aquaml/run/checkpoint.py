@@ -248,8 +248,8 @@ def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.nda
             v.assign(arrays[f"{g}/{i}"])
 
 
-#: Parameters a resumed run may change: how long it trains, and how it reports.
-RESUMABLE_CHANGES = ("total_steps", "display_interval", "calculate_episodes")
+#: Parameters a resumed run may change: how long it trains, how it reports, how long it waits on silent workers.
+RESUMABLE_CHANGES = ("total_steps", "display_interval", "calculate_episodes", "stall_timeout")
 
 
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from aquaml.data import NonFiniteError
 from aquaml.run.logger import RunLogger
 from aquaml.acting.worker import evaluate
 
@@ -51,8 +52,18 @@ class Progress:
         self._episodes += episodes
 
     def add_metrics(self, metrics: np.ndarray) -> None:
-        """Add one update's metrics, or a ``(k, n)`` array of ``k`` updates' metrics."""
+        """Add one update's metrics, or a ``(k, n)`` array of ``k`` updates' metrics.
+
+        Raises:
+            NonFiniteError: a loss or statistic is NaN or infinite (the training diverged): the run
+                stops before these weights are published or checkpointed.
+        """
         metrics = np.atleast_2d(metrics)
+        if not np.isfinite(metrics).all():
+            bad = [name for name, ok in zip(self.s.algo.metric_names, np.isfinite(metrics).all(axis=0)) if not ok]
+            raise NonFiniteError(f"training diverged: {', '.join(bad)} became non-finite (the last updates' "
+                                 f"metrics: {metrics[-1].tolist()}); stopped before these weights were published "
+                                 "or checkpointed, so the newest checkpoint is from before")
         self._metric_sum += metrics.sum(axis=0)
         self._metric_count += metrics.shape[0]
 

@@ -28,8 +28,9 @@ from aquaml.run.export import export_policy
 from aquaml.run.logger import RunLogger
 from aquaml.models.base import build_models
 from aquaml.parallel.devices import default_optimizer_threads, limit_tf_threads
-from aquaml.parallel.failure import StopRequest, install_abort_hook, report_and_abort
-from aquaml.parallel.mpi import launched_ranks, mpi
+from aquaml.parallel.failure import (DEFERRED, StopRequest, agree_to_start, install_abort_hook, install_startup_hook,
+                                     mark_startup_error, report_and_abort)
+from aquaml.parallel.mpi import launched_rank, launched_ranks, mpi
 from aquaml.parallel.roles import run_task
 from aquaml.parallel.topology import make_topology
 from aquaml.run.progress import Progress
@@ -63,6 +64,22 @@ def _make_env(factory: Callable[[], Any]) -> RLBaseEnv:
             return GymnasiumEnv(env)
         raise TypeError(f"the env factory returned a {type(env).__name__}, not an RLBaseEnv")
     return env
+
+
+def _agreed_start(init: Callable) -> Callable:
+    """Make every rank of a task leave the constructor the same way: all ready to start, all
+    stopping before training (a signal arrived while starting), or all refusing the task with
+    one rank's error (see ``aquaml.parallel.failure.agree_to_start``)."""
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.topology = None
+        try:
+            init(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001  (re-raised on this rank, reported to the others)
+            self._agree(exc)
+            raise
+        self._agree(None)
+    return __init__
 
 
 def _versions() -> dict[str, str]:
@@ -110,6 +127,7 @@ class RLTaskStarter:
         aquaml.SpecError, aquaml.ModelContractError: the environment or a model is inconsistent.
     """
 
+    @_agreed_start
     def __init__(self, env: Any, model_class_dict: Mapping[str, Callable], algo: type | None = None,
                  algo_hyperparameter: Any = None, mpi_comm: Any = None, name: str | None = None,
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
@@ -185,6 +203,18 @@ class RLTaskStarter:
         if self.resume and (self.topology is None or self.topology.is_optimizer):
             self.restored = self._find_checkpoint()
 
+    def _agree(self, error: BaseException | None) -> None:
+        """After construction: under MPI every rank learns whether all can start (see
+        ``_agreed_start``); in one process only the held signal is taken."""
+        if self.topology is None:
+            if error is not None and launched_ranks() > 1:
+                # found before the task's communicator exists, so on every rank alike: say it once
+                install_startup_hook()
+                mark_startup_error(error, prints=launched_rank() == 0)
+            self.stopped_before_start = None if error is not None else DEFERRED.take()
+            return
+        self.stopped_before_start = agree_to_start(self.topology.comm, error, DEFERRED.take())
+
     def _find_checkpoint(self) -> tuple[dict, dict] | None:
         """The newest valid checkpoint of ``run_root/name``, checked against this task; None if none."""
         run_dir = os.path.join(self.run_root, self.name)
@@ -225,6 +255,12 @@ class RLTaskStarter:
         SIGTERM or SIGINT stops the run at the next clean point with a checkpoint (``interrupted``
         is then True and the last evaluation so far is returned); ``resume=True`` continues it.
         """
+        if self.stopped_before_start is not None:
+            self.interrupted = True
+            if self.verbose and (self.topology is None or self.topology.is_optimizer):
+                print(f"[{self.name}] stopped by {self.stopped_before_start} before training started; "
+                      "nothing was written", flush=True)
+            return {}
         if self.topology is not None:
             return self._run_mpi()
         self._open_run_dir()

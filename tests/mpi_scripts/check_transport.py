@@ -21,7 +21,7 @@ from aquaml.parallel.failure import install_abort_hook
 from aquaml.parallel.mpi import POLL_SECONDS, mpi, sleepy_barrier
 from aquaml.parallel.roles import DONE, STOP, NodeState, share
 from aquaml.parallel.topology import make_topology
-from aquaml.parallel.transport import TransitionReceiver, TransitionSender, WeightSender, receive_weights
+from aquaml.parallel.transport import LeaderChannel, TransitionReceiver, TransitionSender, receive_from_optimizer
 from aquaml.acting.worker import Worker
 
 TOTAL = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
@@ -65,7 +65,7 @@ def main():
         seen = np.zeros(W, np.int64)
         digests = [{n: hashlib.sha256() for n in info.names} for _ in range(W)]
         receiver = TransitionReceiver(topo.comm, info, state.buffer, lambda w, eps: None) if topo.remote_workers() else None
-        sender = WeightSender(topo.comm, topo.remote_leaders) if topo.remote_leaders else None
+        sender = LeaderChannel(topo.comm, topo.remote_leaders) if topo.remote_leaders else None
         local = [r - 1 for r in range(1, topo.size) if r not in topo.remote_workers()]
         version = 0
         while True:
@@ -85,7 +85,7 @@ def main():
             version += 1
             state.weights.publish(weights_for(version))
             if sender is not None:
-                sender.send(state.weights.read_flat(version - 1)[1], version, 0, stop=False)
+                sender.offer(0, version, state.weights.read_flat(version - 1)[1])
             done_local = all(state.control[DONE + w] for w in local)
             done_remote = receiver is None or len(receiver.done) == len(topo.remote_workers())
             if done_local and done_remote and all(seen[w] == state.buffer.counters[w] for w in range(W)):
@@ -93,8 +93,7 @@ def main():
         assert seen.sum() == TOTAL, f"read {seen.sum()} transitions, expected {TOTAL}"
         state.control[STOP] = 1
         if sender is not None:
-            sender.send(state.weights.read_flat(0)[1], version, 0, stop=True, force=True)
-            sender.wait()
+            sender.stop()
         for w in range(W):
             digest = hashlib.sha256("".join(digests[w][n].hexdigest() for n in info.names).encode()).hexdigest()
             print(f"slice {w} rows {seen[w]} digest {digest[:16]}", flush=True)
@@ -109,9 +108,9 @@ def main():
         while worker.steps < quota:
             worker.step(random=True)
             if topo.is_node_leader and sender is not None:
-                got = receive_weights(topo.comm)
-                if got is not None and got[0] > state.weights.version:
-                    state.weights.publish_flat(got[3], got[0])
+                got = receive_from_optimizer(topo.comm)
+                if got is not None and got[1] is not None and got[0] > state.weights.version:
+                    state.weights.publish_flat(got[1], got[0])
             got = state.weights.read(last)
             if got is not None:
                 check_weights(got)
@@ -123,8 +122,8 @@ def main():
             state.control[DONE + w] = 1
         while not state.control[STOP]:
             if topo.is_node_leader and sender is not None:
-                got = receive_weights(topo.comm)
-                if got is not None and got[2]:
+                got = receive_from_optimizer(topo.comm)
+                if got is not None and got[3]:
                     state.control[STOP] = 1
             time.sleep(POLL_SECONDS)
         assert loaded > 0, "no weights were ever loaded"

@@ -1,0 +1,1 @@
+"""Schedules: how acting, storing and learning interleave, independent of the algorithm."""

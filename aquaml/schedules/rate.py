@@ -1,0 +1,62 @@
+"""ReplayRatio: the one rate limiter between environment steps and gradient updates.
+
+Off-policy training keeps ``ratio`` gradient updates per environment step once ``learning_starts``
+steps are stored. Both sides ask the same object: the learner how many updates the steps so far
+allow (``updates_due``), each actor how far it may step before it waits for the learner
+(``steps_allowed``), in the spirit of Reverb's ``SampleToInsertRatio``.
+
+The two answers are tied together so that no setting can stall: ``steps_allowed`` always lets the
+actors, together, reach the step count at which the next update becomes due. (A fixed allowance of
+``learning_starts + updates / ratio`` steps does not: with ``ratio * workers * lead < 1`` every
+actor stops one step short of the next update, and learner and actors wait on each other forever.)
+"""
+from __future__ import annotations
+
+import math
+
+
+class ReplayRatio:
+    """``ratio`` updates per environment step after ``learning_starts`` steps, held both ways.
+
+    Args:
+        ratio: gradient updates per environment step (> 0).
+        learning_starts: environment steps stored before the first update is due.
+        lead: steps each actor may run ahead of the step count the updates so far allow.
+
+    Raises:
+        ValueError: ``ratio`` is not a finite number > 0, or a count is negative.
+    """
+
+    def __init__(self, ratio: float, learning_starts: int, lead: int = 0) -> None:
+        if not (ratio > 0 and math.isfinite(ratio)):
+            raise ValueError(f"replay_ratio must be a finite number > 0, got {ratio!r}")
+        if learning_starts < 0 or lead < 0:
+            raise ValueError(f"learning_starts and lead must be >= 0, got {learning_starts!r}, {lead!r}")
+        self.ratio, self.learning_starts, self.lead = float(ratio), int(learning_starts), int(lead)
+
+    def updates_allowed(self, steps: int) -> int:
+        """Updates the first ``steps`` environment steps allow in all."""
+        if steps < self.learning_starts:
+            return 0
+        return int((steps - self.learning_starts) * self.ratio)
+
+    def updates_due(self, steps: int, updates: int) -> int:
+        """Updates to run now, after ``updates`` of them, with ``steps`` environment steps stored."""
+        return max(0, self.updates_allowed(steps) - updates)
+
+    def next_due_steps(self, updates: int) -> int:
+        """The smallest step count at which update ``updates + 1`` is due."""
+        steps = self.learning_starts + math.ceil((updates + 1) / self.ratio)
+        while self.updates_allowed(steps) <= updates:  # floating-point rounding in the product above
+            steps += 1
+        while steps > self.learning_starts and self.updates_allowed(steps - 1) > updates:
+            steps -= 1
+        return steps
+
+    def steps_allowed(self, updates: int, workers: int) -> int:
+        """How many steps each of ``workers`` actors may have taken while ``updates`` are done.
+
+        Together the actors reach ``next_due_steps(updates)`` (each its even share, rounded up) and
+        ``lead`` steps beyond, so the next update always becomes due before every actor waits.
+        """
+        return math.ceil(self.next_due_steps(updates) / workers) + self.lead
