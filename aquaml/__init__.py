@@ -1,4 +1,4 @@
-"""aquaml: MPI-parallel reinforcement learning (SAC, PPO) on TensorFlow 2 for workstations and HPC.
+"""aquaml: MPI-parallel reinforcement learning (SAC, PPO, DQN) on TensorFlow 2 for workstations and HPC.
 
 Public API (names kept from the reference AquaML)::
 
@@ -29,7 +29,7 @@ _EXPORTS = {
     "RLBaseModel": "aquaml.models.base", "ModelContractError": "aquaml.models.base",
     "SAC": "aquaml.algos", "SAC2": "aquaml.algos", "SACParameters": "aquaml.algos",
     "SAC2_parameter": "aquaml.algos", "PPO": "aquaml.algos", "PPOParameters": "aquaml.algos",
-    "PPO_parameter": "aquaml.algos",
+    "PPO_parameter": "aquaml.algos", "DQN": "aquaml.algos", "DQNParameters": "aquaml.algos",
     "allocate_gpu": "aquaml.parallel.devices",
     "RLTaskStarter": "aquaml.run.starter",
     "CheckpointError": "aquaml.run.checkpoint",

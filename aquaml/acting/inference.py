@@ -374,6 +374,13 @@ class HostPolicy:
                 self.reason = f"the numpy result for {k!r} differs from TensorFlow's on a probe batch"
                 return
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a worker snapshot keeps of this policy: its noise stream (JSON-able)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
     def sync(self) -> None:
         """Take the current weights (after they were published, loaded or trained)."""
         if self._graph is not None:

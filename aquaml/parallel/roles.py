@@ -430,12 +430,14 @@ class WorkerRole:
         if state is None:
             return
         self.worker.load_state_dict(state["worker"])
-        if "act_rng" in state:  # checkpoints from before numpy acting kept TensorFlow's noise state
+        if "policy" in state:  # the noise stream, and what else the policy counts (DQN's steps for epsilon)
+            self.policy.load_state_dict(state["policy"])
+        elif "act_rng" in state:  # checkpoints from before numpy acting kept TensorFlow's noise state
             self.policy.rng.bit_generator.state = state["act_rng"]
         self.marks_sent = sum(1 for t in self.thresholds if t <= self.worker.steps)
 
     def snapshot(self) -> dict:
-        return {"worker": self.worker.state_dict(), "act_rng": self.policy.rng.bit_generator.state}
+        return {"worker": self.worker.state_dict(), "policy": self.policy.state_dict()}
 
     def _maybe_snapshot(self) -> None:
         """After a step: snapshot at the end of a round (sync) or on reaching a mark (async)."""
