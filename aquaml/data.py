@@ -13,6 +13,19 @@ import numpy as np
 
 Shape = tuple[int, ...]
 
+#: The gymnasium spaces ``DataInfo.from_space`` reads, as its refusals list them.
+SUPPORTED_SPACES = "Box, Discrete, MultiBinary, MultiDiscrete, and Dict or Tuple spaces of those"
+
+
+def space_entries(space: Any, name: str = "obs") -> list[tuple[str, Any]]:
+    """The (entry name, sub-space) pairs of a Dict or Tuple space named ``name``: a top-level
+    Dict's keys as they are, a nested Dict's as ``name/key``, a Tuple's positions as ``name_0``,
+    ``name_1``..."""
+    from gymnasium import spaces
+    if isinstance(space, spaces.Tuple):
+        return [(f"{name}_{i}", sub) for i, sub in enumerate(space.spaces)]
+    return [(f"{name}/{key}" if name != "obs" and name else key, sub) for key, sub in space.spaces.items()]
+
 
 class SpecError(ValueError):
     """A value does not match a DataInfo (wrong name, shape or dtype)."""
@@ -241,16 +254,20 @@ class DataInfo:
     def from_space(cls, space: Any, name: str = "obs") -> "DataInfo":
         """Build a spec from a gymnasium space.
 
-        Box, Discrete and MultiBinary become one entry called ``name``; a Dict space becomes one
-        entry per key (nested Dicts are joined with ``/``). Discrete becomes an int64 scalar.
+        Box, Discrete, MultiBinary and MultiDiscrete become one entry called ``name``; a Dict space
+        becomes one entry per key (nested Dicts are joined with ``/``), a Tuple space one entry per
+        position (``name_0``, ``name_1``...; see ``space_entry_names``). Discrete becomes an int64
+        scalar, MultiDiscrete int64 with its ``nvec``.
 
         Raises:
-            SpecError: the space type is not supported.
+            SpecError: the space type is not supported (Text, Graph, Sequence, OneOf...): the
+                message lists those that are.
         """
         from gymnasium import spaces
-        if isinstance(space, spaces.Dict):
-            infos = [cls.from_space(sub, f"{name}/{key}" if name != "obs" and name else key)
-                     for key, sub in space.spaces.items()]
+        if isinstance(space, (spaces.Dict, spaces.Tuple)):
+            infos = [cls.from_space(sub, sub_name) for sub_name, sub in space_entries(space, name)]
+            if not infos:
+                raise SpecError(f"gymnasium space {type(space).__name__} for {name!r} is empty")
             out = infos[0]
             for info in infos[1:]:
                 out = out.merge(info)
@@ -264,8 +281,10 @@ class DataInfo:
             return cls(name, (), np.int64, {name: {"n": int(space.n), "start": int(space.start)}})
         if isinstance(space, spaces.MultiBinary):
             return cls(name, space.shape, np.int8, {name: {"binary": True}})
-        raise SpecError(f"gymnasium space {type(space).__name__} for {name!r} is not supported; "
-                        "use Box, Discrete, MultiBinary or a Dict of those")
+        if isinstance(space, spaces.MultiDiscrete):
+            return cls(name, space.shape, np.int64, {name: {"nvec": space.nvec.tolist(), "start": space.start.tolist()}})
+        raise SpecError(f"gymnasium space {type(space).__name__} for {name!r} is not supported; supported are "
+                        f"{SUPPORTED_SPACES}")
 
     def to_space(self) -> Any:
         """The gymnasium space this spec describes: one space for one name, else a Dict space."""
@@ -275,6 +294,8 @@ class DataInfo:
             meta = self._meta.get(n, {})
             if "n" in meta:
                 return spaces.Discrete(meta["n"], start=meta.get("start", 0))
+            if "nvec" in meta:
+                return spaces.MultiDiscrete(meta["nvec"], start=meta.get("start"))
             if meta.get("binary"):
                 return spaces.MultiBinary(list(self._shapes[n]) if len(self._shapes[n]) > 1
                                           else self._shapes[n][0])

@@ -1,0 +1,90 @@
+"""DQN learning figures: greedy evaluation return after a step budget, over seeds, with
+rl-baselines3-zoo's DQN settings for each task.
+
+    python benchmarks/dqn_returns.py --task cartpole --seeds 0 1 2 3 4          # 50k steps
+    python benchmarks/dqn_returns.py --task acrobot --seeds 0 1 2                # 100k steps
+    python benchmarks/dqn_returns.py --task lunarlander --seeds 0 1 2 --steps 300000
+    mpiexec -n 3 python benchmarks/dqn_returns.py --task cartpole --seeds 0     # one optimizer, two workers
+
+The settings are rl-baselines3-zoo's ``hyperparams/dqn.yml`` (CartPole-v1, Acrobot-v1 and
+LunarLander-v2 entries), translated to aquaml's parameters: the zoo's ``train_freq`` is
+``update_interval`` and ``gradient_steps / train_freq`` is ``replay_ratio`` (``-1`` = as many
+updates as steps); its ``target_update_interval`` counts environment steps, and since the zoo's
+target is copied between training bursts, it becomes the gradient updates of one burst (CartPole:
+128) or the same count (Acrobot, LunarLander: one update per step). Exploration starts at
+epsilon 1.0 and falls linearly to the final epsilon over ``exploration_fraction`` of the run,
+Huber loss, gradient norm clipped at 10, as Stable-Baselines3's DQN; aquaml adds Double DQN
+(its default).
+
+Each seed prints one line with the final evaluation (``--eval-episodes`` greedy episodes),
+training seconds and gradient updates per second; the last line gives the median return.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import aquaml  # noqa: E402,F401  (first: TensorFlow's log level)
+
+#: Per task: gymnasium id, default steps, hidden widths, learning rate, and DQNParameters fields.
+TASKS = {
+    "cartpole": dict(env="CartPole-v1", steps=50_000, hidden=(256, 256), learning_rate=2.3e-3, parameters=dict(
+        batch_size=64, buffer_size=100_000, learning_starts=1_000, gamma=0.99, update_interval=256,
+        replay_ratio=0.5, target_update_interval=128, exploration_fraction=0.16, epsilon_min=0.04)),
+    "acrobot": dict(env="Acrobot-v1", steps=100_000, hidden=(256, 256), learning_rate=6.3e-4, parameters=dict(
+        batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99, update_interval=4, replay_ratio=1.0,
+        target_update_interval=250, exploration_fraction=0.12, epsilon_min=0.1)),
+    "lunarlander": dict(env="LunarLander-v3", steps=100_000, hidden=(256, 256), learning_rate=6.3e-4,
+                        parameters=dict(batch_size=128, buffer_size=50_000, learning_starts=0, gamma=0.99,
+                                        update_interval=4, replay_ratio=1.0, target_update_interval=250,
+                                        exploration_fraction=0.12, epsilon_min=0.1)),
+}
+
+
+def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: str, extra: dict) -> dict:
+    from aquaml import DQN, DQNParameters, GymnasiumEnv, RLTaskStarter
+    from aquaml.models.defaults import default_models
+    probe = GymnasiumEnv(task["env"])
+    models = default_models("dqn", probe.obs_info, probe.action_info, task["hidden"], task["learning_rate"])
+    params = DQNParameters(total_steps=steps, seed=seed, eval_interval=0, calculate_episodes=eval_episodes,
+                           epoch_length=5_000, **{**task["parameters"], **extra})
+    starter = RLTaskStarter(env=task["env"], model_class_dict=models, algo=DQN, algo_hyperparameter=params,
+                            name=f"{task['env']}_dqn_{seed}", run_root=run_root, verbose=False, tensorboard=False,
+                            checkpoint_interval=0)
+    start = time.perf_counter()
+    final = starter.run()
+    return {"wall_s": time.perf_counter() - start, **final}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="cartpole")
+    parser.add_argument("--steps", type=int, default=None, help="environment steps (default: the task's)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a DQNParameters field")
+    parser.add_argument("--run-root", default=None, help="where runs go (default: a temporary directory)")
+    args = parser.parse_args()
+    task = TASKS[args.task]
+    steps = args.steps or task["steps"]
+    extra = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    run_root = args.run_root or tempfile.mkdtemp(prefix="dqn-returns-")
+    returns = []
+    for seed in args.seeds:
+        result = run_seed(task, steps, seed, args.eval_episodes, run_root, extra)
+        if not result:  # a worker rank under MPI
+            continue
+        returns.append(result["eval/return_mean"])
+        print(f"aquaml dqn {task['env']} steps={steps} seed={seed} wall_s={result['wall_s']:.1f} "
+              f"eval_return={result['eval/return_mean']:.1f}", flush=True)
+    if returns:
+        print(f"aquaml dqn {task['env']} steps={steps} seeds={len(returns)} median_eval_return={statistics.median(returns):.1f}")
+
+
+if __name__ == "__main__":
+    main()
