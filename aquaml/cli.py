@@ -1,7 +1,9 @@
 """The ``aquaml`` command: train, evaluate, plot and export without writing a script.
 
     aquaml train --env Pendulum-v1 --algo sac --steps 20000 --seed 1 [--ranks 6]
+    aquaml train --env CartPole-v1 --algo dqn --steps 50000 --plot-every 5000
     aquaml eval runs/Pendulum-v1_sac --episodes 20
+    aquaml eval runs/CartPole-v1_dqn --video cartpole.mp4
     aquaml plot runs/ -o curves.png --y eval/return_mean
     aquaml export runs/Pendulum-v1_sac -o pendulum_policy
 
@@ -18,9 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any, Sequence
 
-ALGOS = ("sac", "ppo")
+ALGOS = ("sac", "ppo", "dqn")
+#: The progress.csv column ``--plot-every`` draws: the training episodes' mean return per epoch.
+PLOT_COLUMN = "charts/episode_return"
 
 
 class CLIError(Exception):
@@ -104,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export}")
     fmt = _HelpFormatter
 
-    train = sub.add_parser("train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt,
+    train = sub.add_parser("train", help="train SAC, PPO or DQN on a gymnasium environment", formatter_class=fmt,
                            allow_abbrev=False)
     train.add_argument("--env", required=True, help="gymnasium environment id, e.g. Pendulum-v1 (required)")
     train.add_argument("--algo", choices=ALGOS, default="sac", help="algorithm")
@@ -122,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-checkpoint-buffer", action="store_true",
                        help="leave the replay buffer out of checkpoints (smaller; SAC resumes with an empty buffer)")
     train.add_argument("--hidden", type=_widths, default=None,
-                       help="hidden layer widths of the default MLPs (default: 256,256 for sac, 64,64 for ppo)")
+                       help="hidden layer widths of the default MLPs (default: 256,256 for sac and dqn, 64,64 for ppo)")
     train.add_argument("--learning-rate", type=float, default=None,
-                       help="learning rate of every model (default: 3e-4)")
+                       help="learning rate of every model (default: 3e-4; 1e-4 for dqn)")
     train.add_argument("--eval-interval", type=_non_negative_int, default=None,
                        help="steps between evaluations, 0 = only at the end (default: the algorithm's)")
     train.add_argument("--eval-episodes", type=_positive_int, default=None,
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
                        help="any other algorithm parameter (SACParameters/PPOParameters field), repeatable "
                             "(default: none)")
+    train.add_argument("--plot-every", type=_non_negative_int, default=0, metavar="STEPS",
+                       help="redraw <run>/curves.png (training return per epoch) every STEPS environment steps "
+                            "while training; 0 = never")
     train.add_argument("--threads", type=_positive_int, default=None,
                        help="TensorFlow threads of the optimizer, per pool (default: the cores not used by workers, at least 2)")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
@@ -143,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="episode k is reset with seed + k")
     ev.add_argument("--env", default=None, help="gymnasium id (default: the one the run was trained on)")
     ev.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    ev.add_argument("--video", default=None, metavar="PATH",
+                    help="also render deterministic episodes off-screen to PATH (.mp4 or .gif)")
+    ev.add_argument("--video-episodes", type=_positive_int, default=1, help="episodes in the video")
 
     plot = sub.add_parser("plot", help="learning curves across seeds (seaborn)", formatter_class=fmt,
                           allow_abbrev=False)
@@ -217,20 +229,25 @@ def _mpiexec() -> str:
 
 def make_train_starter(cli: dict[str, Any]):
     """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
-    from aquaml import PPO, SAC, RLTaskStarter
+    from aquaml import DQN, PPO, SAC, RLTaskStarter
     from aquaml.run.checkpoint import CheckpointError
     from aquaml.models.defaults import default_models
-    from aquaml.envs import GymnasiumEnv
+    from aquaml.envs.atari import make_env
 
     args = argparse.Namespace(**cli)
-    algo_cls = {"sac": SAC, "ppo": PPO}[args.algo]
+    algo_cls = {"sac": SAC, "ppo": PPO, "dqn": DQN}[args.algo]
     params = _parameters(algo_cls, args)
     try:
-        probe = GymnasiumEnv(args.env)
+        probe = make_env(args.env)
     except Exception as exc:  # noqa: BLE001  (gymnasium raises several kinds for a bad id)
         raise CLIError(f"--env {args.env}: cannot make this gymnasium environment ({type(exc).__name__}: {exc})") from None
     hidden = tuple(args.hidden) if args.hidden else None
-    models = default_models(args.algo, probe.obs_info, probe.action_info, hidden, args.learning_rate)
+    try:
+        algo_cls.check_action_info(probe.action_info)
+    except ValueError as exc:
+        raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
+    models = default_models(args.algo, probe.obs_info, probe.action_info, hidden, args.learning_rate,
+                            dueling=bool(getattr(params, "dueling", False)))
     probe.close()
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,
@@ -255,11 +272,77 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         rest = _without_ranks(list(argv))
         command = [_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "aquaml.cli"] + rest
         return _launch(command)
-    cli = {k: v for k, v in vars(args).items() if k not in ("command", "ranks")}
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "ranks", "plot_every")}
     cli["hidden"] = list(args.hidden) if args.hidden else None
     starter = make_train_starter(cli)
-    starter.run()
+    plotter = CurvePlotter(starter, args.plot_every) if args.plot_every and _first_launched_rank() else None
+    try:
+        starter.run()
+    finally:
+        if plotter is not None:
+            plotter.stop()
     return 0
+
+
+class CurvePlotter:
+    """Keeps ``<run dir>/curves.png`` up to date while ``starter`` trains (``--plot-every``): a
+    background thread reads progress.csv every few seconds and redraws the figure whenever the
+    run has advanced ``every`` environment steps since the last drawing, and once at the end.
+    A cluster node has no screen; the file can be watched from anywhere that sees the run."""
+
+    POLL_SECONDS = 2.0
+
+    def __init__(self, starter: Any, every: int) -> None:
+        self.starter, self.every = starter, int(every)
+        self.drawn_at = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="aquaml-plot", daemon=True)
+        self._thread.start()
+
+    @property
+    def path(self) -> str | None:
+        return None if self.starter.run_dir is None else os.path.join(self.starter.run_dir, "curves.png")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self.draw(force=False)
+
+    def draw(self, force: bool) -> bool:
+        """Redraw when due (or ``force``); returns whether a figure was written."""
+        from aquaml.plotting import plot_runs
+        if self.path is None:
+            return False
+        steps = _last_step(self.starter.run_dir)
+        if steps is None or (not force and steps < self.drawn_at + self.every):
+            return False
+        try:
+            plot_runs([self.starter.run_dir], self.path, y=PLOT_COLUMN, title=f"{self.starter.name}: step {steps}")
+        except ValueError:  # too few epochs with finished episodes to draw a curve yet
+            return False
+        self.drawn_at = steps
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.draw(force=True)
+
+
+def _last_step(run_dir: str) -> int | None:
+    """The ``global_step`` of progress.csv's last row (None before the first)."""
+    path = os.path.join(run_dir, "progress.csv")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return None
+    if len(lines) < 2:
+        return None
+    header = lines[0].split(",")
+    try:
+        return int(float(lines[-1].split(",")[header.index("global_step")]))
+    except (ValueError, IndexError):
+        return None
 
 
 def _launch(command: list[str]) -> int:
@@ -308,12 +391,18 @@ def _config(run: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from aquaml.envs import GymnasiumEnv
+    from aquaml.envs.atari import make_env
     from aquaml.run.export import POLICY_JSON, load_policy
+    from aquaml.run.video import check_video_path, record_video
     from aquaml.acting.worker import evaluate
 
     if not os.path.isdir(args.run):
         raise CLIError(f"{args.run}: no such directory")
+    if args.video is not None:
+        try:
+            check_video_path(args.video)
+        except ValueError as exc:
+            raise CLIError(f"--video: {exc}") from None
     is_export = os.path.isfile(os.path.join(args.run, POLICY_JSON))
     if not is_export and not os.path.isfile(os.path.join(args.run, "policy", POLICY_JSON)):
         raise CLIError(f"{args.run} holds no exported policy (runs write policy/ when training ends; for a run "
@@ -322,7 +411,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env_id = args.env or policy.env_id
     if env_id is None:
         raise CLIError(f"{args.run} was trained on an environment that is not a gymnasium id; pass --env ID")
-    envs = [GymnasiumEnv(env_id) for _ in range(min(args.episodes, 10))]
+    envs = [make_env(env_id) for _ in range(min(args.episodes, 10))]
     for env in envs:  # a recurrent policy's state travels as observation entries
         env.set_recurrent_info(policy.state_info)
     if envs[0].obs_info.select(policy.obs_info.names) != policy.obs_info:
@@ -336,6 +425,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"(min {stats['eval/return_min']:.2f}, max {stats['eval/return_max']:.2f})")
         print(f"  length {stats['eval/length_mean']:.1f} ± {stats['eval/length_std']:.1f} "
               f"(min {stats['eval/length_min']:.0f}, max {stats['eval/length_max']:.0f})")
+    if args.video is not None:
+        frames, returns = record_video(args.video, env_id, policy, args.video_episodes, args.seed, policy.state_info)
+        if not args.json:
+            print(f"  video {args.video}: {frames} frames of {args.video_episodes} episode(s), "
+                  f"returns {', '.join(f'{r:.1f}' for r in returns)}")
     return 0
 
 

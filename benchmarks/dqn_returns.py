@@ -20,6 +20,7 @@ Each seed prints one line with the final evaluation (``--eval-episodes`` greedy 
 training seconds and gradient updates per second; the last line gives the median return.
 """
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -46,19 +47,30 @@ TASKS = {
 }
 
 
-def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: str, extra: dict) -> dict:
+def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: str, extra: dict,
+             threads: int | None, eval_interval: int) -> dict:
     from aquaml import DQN, DQNParameters, GymnasiumEnv, RLTaskStarter
     from aquaml.models.defaults import default_models
     probe = GymnasiumEnv(task["env"])
     models = default_models("dqn", probe.obs_info, probe.action_info, task["hidden"], task["learning_rate"])
-    params = DQNParameters(total_steps=steps, seed=seed, eval_interval=0, calculate_episodes=eval_episodes,
+    params = DQNParameters(total_steps=steps, seed=seed, eval_interval=eval_interval, calculate_episodes=eval_episodes,
                            epoch_length=5_000, **{**task["parameters"], **extra})
     starter = RLTaskStarter(env=task["env"], model_class_dict=models, algo=DQN, algo_hyperparameter=params,
                             name=f"{task['env']}_dqn_{seed}", run_root=run_root, verbose=False, tensorboard=False,
-                            checkpoint_interval=0)
+                            checkpoint_interval=0, optimizer_threads=threads)
     start = time.perf_counter()
     final = starter.run()
     return {"wall_s": time.perf_counter() - start, **final}
+
+
+def first_reaching(run_dir: str, threshold: float) -> str:
+    """``reached_step=S reached_s=T``: the first evaluation at or above ``threshold`` in the run's
+    progress.csv, and the run's elapsed seconds there (acting, training and the evaluations so far)."""
+    with open(os.path.join(run_dir, "progress.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("eval/return_mean") and float(row["eval/return_mean"]) >= threshold:
+                return f"reached_step={row['global_step']} reached_s={float(row['time/elapsed_s']):.1f}"
+    return "reached_step=never reached_s=inf"
 
 
 def main() -> None:
@@ -69,6 +81,11 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a DQNParameters field")
     parser.add_argument("--run-root", default=None, help="where runs go (default: a temporary directory)")
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow threads of training (default 1)")
+    parser.add_argument("--eval-interval", type=int, default=0,
+                        help="steps between evaluations, 0 = only at the end (default 0)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="also print the training seconds at the first evaluation at or above this return")
     args = parser.parse_args()
     task = TASKS[args.task]
     steps = args.steps or task["steps"]
@@ -76,12 +93,15 @@ def main() -> None:
     run_root = args.run_root or tempfile.mkdtemp(prefix="dqn-returns-")
     returns = []
     for seed in args.seeds:
-        result = run_seed(task, steps, seed, args.eval_episodes, run_root, extra)
+        result = run_seed(task, steps, seed, args.eval_episodes, run_root, extra, args.threads, args.eval_interval)
         if not result:  # a worker rank under MPI
             continue
         returns.append(result["eval/return_mean"])
-        print(f"aquaml dqn {task['env']} steps={steps} seed={seed} wall_s={result['wall_s']:.1f} "
-              f"eval_return={result['eval/return_mean']:.1f}", flush=True)
+        line = (f"aquaml dqn {task['env']} steps={steps} seed={seed} wall_s={result['wall_s']:.1f} "
+                f"eval_return={result['eval/return_mean']:.1f}")
+        if args.threshold is not None:
+            line += " " + first_reaching(os.path.join(run_root, f"{task['env']}_dqn_{seed}"), args.threshold)
+        print(line, flush=True)
     if returns:
         print(f"aquaml dqn {task['env']} steps={steps} seeds={len(returns)} median_eval_return={statistics.median(returns):.1f}")
 

@@ -24,6 +24,7 @@ from aquaml.run.checkpoint import (Checkpointer, check_resumable, load_replay, l
                                variables_state)
 from aquaml.data import DataInfo
 from aquaml.envs import GymnasiumEnv, RLBaseEnv
+from aquaml.envs.atari import make_env
 from aquaml.run.export import export_policy
 from aquaml.run.logger import RunLogger
 from aquaml.models.base import build_models
@@ -45,8 +46,8 @@ MAX_EVAL_ENVS = 10
 
 def _env_factory(env: Any) -> Callable[[], RLBaseEnv]:
     """A zero-argument factory of fresh environment copies from what the user passed."""
-    if isinstance(env, str):
-        return lambda: GymnasiumEnv(env)
+    if isinstance(env, str):  # Atari ids come preprocessed (aquaml.envs.atari)
+        return lambda: make_env(env)
     if isinstance(env, RLBaseEnv):
         return lambda: copy.deepcopy(env)
     if hasattr(env, "step") and hasattr(env, "action_space"):  # a gymnasium.Env instance

@@ -1,0 +1,97 @@
+"""DQN gradient updates per second against Stable-Baselines3's, same network and batch, one thread.
+
+    python benchmarks/dqn_update_speed.py [--updates 2000] [--batch 64] [--rounds 3] [--peer PYTHON]
+
+CartPole-v1 observations and actions, the Q-network rl-baselines3-zoo uses for it (two hidden
+layers of 256 ReLU units), batch 64, Double DQN, Huber loss, gradient norm clipped at 10, Adam.
+Each aquaml update includes drawing its batch from a filled replay buffer, as Stable-Baselines3's
+``DQN.train`` does. Two aquaml paths are timed: one process (``sample`` then ``update``, one
+compiled call per update) and the MPI optimizer's (``sample_many`` then ``update_many``, 8
+updates per call). The peer (``--peer``, default: the Python that benchmarks/sb3_peer.sh builds)
+runs benchmarks/sb3_dqn.py in its own process, alternating with aquaml's rounds; the median of
+the per-round ratios is printed. Target: >= 1.5.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+from aquaml.parallel.devices import limit_tf_threads  # noqa: E402
+
+
+def build(batch: int):
+    import numpy as np
+    from aquaml import DQN, DQNParameters, GymnasiumEnv
+    from aquaml.models.base import build_models
+    from aquaml.models.defaults import default_models
+    env = GymnasiumEnv("CartPole-v1")
+    models = default_models("dqn", env.obs_info, env.action_info, (256, 256), 1e-4)
+    specs, action_info = build_models(models, ("actor",), env.obs_info, env.action_info, critics_take_action=False)
+    algo = DQN(specs, env.obs_info, action_info, DQNParameters(batch_size=batch, buffer_size=10_000))
+    buffer = algo.make_buffer()
+    rng = np.random.default_rng(0)
+    obs = env.reset(seed=0)["obs"]
+    for _ in range(10_000):
+        action = int(rng.integers(2))
+        result = env.step({"action": np.array(action)})
+        done = result.terminated or result.truncated
+        buffer.write(0, {"obs": obs, "next_obs": result.obs["obs"], "action": action,
+                         "reward": result.reward["total_reward"], "terminated": float(result.terminated),
+                         "truncated": float(result.truncated)})
+        obs = env.reset()["obs"] if done else result.obs["obs"]
+    return algo, buffer, rng
+
+
+def one_process(algo, buffer, rng, updates: int) -> float:
+    start = time.perf_counter()
+    for _ in range(updates):
+        algo.update(algo.sample(buffer, rng)).numpy()
+    return updates / (time.perf_counter() - start)
+
+
+def optimizer_calls(algo, buffer, rng, updates: int, per_call: int = 8) -> float:
+    start = time.perf_counter()
+    for _ in range(updates // per_call):
+        algo.update_many(algo.sample_many(buffer, rng, per_call))
+    return (updates // per_call * per_call) / (time.perf_counter() - start)
+
+
+def peer(python: str, updates: int, batch: int) -> float:
+    out = subprocess.run([python, os.path.join(HERE, "sb3_dqn.py"), "speed", "--updates", str(updates),
+                          "--batch", str(batch)], capture_output=True, text=True, check=True).stdout
+    line = [item for item in out.split() if item.startswith("updates_per_s=")][0]
+    return float(line.split("=")[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peer", default=os.environ.get("SB3_PYTHON", "/tmp/sb3-peer-venv/bin/python"))
+    args = parser.parse_args()
+    limit_tf_threads(1, 1)
+    algo, buffer, rng = build(args.batch)
+    one_process(algo, buffer, rng, 50)  # traces the compiled functions
+    optimizer_calls(algo, buffer, rng, 16)
+    ratios_one, ratios_many = [], []
+    for k in range(args.rounds):
+        ours = one_process(algo, buffer, rng, args.updates)
+        many = optimizer_calls(algo, buffer, rng, args.updates)
+        theirs = peer(args.peer, args.updates, args.batch)
+        ratios_one.append(ours / theirs)
+        ratios_many.append(many / theirs)
+        print(f"round {k}: aquaml one-process {ours:.1f} updates/s, optimizer (8 per call) {many:.1f} updates/s, "
+              f"sb3 {theirs:.1f} updates/s", flush=True)
+    one, many = statistics.median(ratios_one), statistics.median(ratios_many)
+    print(f"dqn_update_speed batch={args.batch} ratio_one_process={one:.2f} ratio_optimizer={many:.2f} "
+          f"target>=1.5 {'met' if one >= 1.5 else 'NOT met'} (one process)")
+
+
+if __name__ == "__main__":
+    main()
