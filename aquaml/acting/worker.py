@@ -164,11 +164,15 @@ class Worker:
         self._lengths[:] = 0
 
     def random_actions(self) -> dict[str, np.ndarray]:
-        """Uniform actions in [-1, 1] (continuous) or over the choices (discrete) for every env."""
+        """Uniform actions in [-1, 1] (continuous) or over the choices (discrete, per component for
+        MultiDiscrete and MultiBinary) for every env."""
         shape = (len(self.envs),) + self.action_info.shape("action")
         meta = self.action_info.meta("action")
         if "n" in meta:
             return {"action": self.rng.integers(0, meta["n"], size=shape)}
+        if "nvec" in meta or meta.get("binary"):
+            high = np.asarray(meta["nvec"]) if "nvec" in meta else 2
+            return {"action": self.rng.integers(0, high, size=shape)}
         return {"action": self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)}
 
     def step(self, random: bool = False, actions: dict | None = None) -> list[EpisodeStats]:

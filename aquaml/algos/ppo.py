@@ -1,4 +1,5 @@
-"""Proximal Policy Optimization (Schulman et al., 2017) with GAE, for continuous and discrete actions.
+"""Proximal Policy Optimization (Schulman et al., 2017) with GAE, for continuous, discrete,
+MultiDiscrete (a product of Categoricals) and MultiBinary (a product of Bernoullis) actions.
 
 Reads top to bottom: GAE and the losses (public, so tests check them by hand), the policy, then a
 training round over one rollout. No MPI in here: the caller fills the rollout segments and
@@ -25,19 +26,21 @@ import tensorflow as tf
 from aquaml.algos.params import PPOParameters
 from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.data import DataInfo, SpecError
-from aquaml.models.distributions import (categorical_entropy, categorical_log_prob, gaussian_entropy,
-                                  gaussian_log_prob)
+from aquaml.models.distributions import (bernoulli_entropy, bernoulli_log_prob, bernoulli_sample,
+                                         categorical_entropy, categorical_log_prob, gaussian_entropy,
+                                         gaussian_log_prob, multi_categorical_entropy, multi_categorical_log_prob,
+                                         multi_categorical_sample)
 from aquaml.acting.inference import HostPolicy
-from aquaml.models.base import (ModelContractError, ModelSpec, assign_variables, is_discrete_action, model_state_groups,
-                          read_variables, save_models)
+from aquaml.models.base import (ModelContractError, ModelSpec, action_kind, assign_variables, model_state_groups,
+                                read_variables, save_models)
 from aquaml.models.normalizer import RunningMeanStd
 from aquaml.models.recurrent import flatten_time, unroll, weighted_mean
 
 
 def rollout_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
     """The columns stored for one step of a rollout."""
-    sample = DataInfo("sample", (), np.int64) if is_discrete_action(action_info) else \
-        DataInfo("sample", action_info.shape("action"), np.float32)
+    kind = action_kind(action_info)
+    sample = DataInfo("sample", action_info.shape("action"), np.int64 if kind != "continuous" else np.float32)
     return (obs_info.merge(obs_info.prefixed("next_")).merge(sample)
             .add_info(("log_prob", "reward", "terminated", "truncated"), ((), (), (), ()), np.float32))
 
@@ -134,7 +137,9 @@ class PPO:
                                      "(input_name of observations, returning (batch, 1)), or make the actor "
                                      "output 'value' too, e.g. output_info = {'action': ..., 'value': (1,)}")
         self.obs_info, self.action_info = obs_info, action_info
-        self.discrete = is_discrete_action(action_info)
+        self.kind = action_kind(action_info)
+        self.discrete = self.kind != "continuous"  # the actor outputs logits
+        self.nvec = tuple(action_info.meta("action").get("nvec", ()))
         self.batch_info = rollout_info(obs_info, action_info)
         self.state_names = self.actor.state_info.names
         self.recurrent = bool(self.state_names)
@@ -164,7 +169,7 @@ class PPO:
         act_sig = [obs_info.select(self.actor.input_names).tensor_specs()]
         self._act_explore = tf.function(lambda obs: self._act(obs, False), input_signature=act_sig)
         self._act_deterministic = tf.function(lambda obs: self._act(obs, True), input_signature=act_sig)
-        noise_shape = (action_info.meta("action")["n"],) if self.discrete else action_info.shape("action")
+        noise_shape = self._noise_shape(action_info)
         self._act_given_noise = tf.function(lambda obs, noise: self._act(obs, False, noise), input_signature=act_sig + [
             tf.TensorSpec((None,) + noise_shape, tf.float32, name="noise")])
         self._values = tf.function(self._value, input_signature=[obs_info.select(self.value_inputs).tensor_specs()])
@@ -177,15 +182,29 @@ class PPO:
                 self.sequence_info.tensor_specs((None, params.sequence_length))])
         self._concrete: dict[str, Any] = {}
 
+    def _noise_shape(self, action_info: DataInfo) -> tuple[int, ...]:
+        """Per sample, what the act noise holds: standard normal per action dimension (continuous),
+        standard Gumbel per logit (discrete, MultiDiscrete) or two per bit (MultiBinary)."""
+        if self.kind == "discrete":
+            return (int(action_info.meta("action")["n"]),)
+        if self.kind == "multi_discrete":
+            return (int(sum(self.nvec)),)
+        if self.kind == "multi_binary":
+            return (2 * int(np.prod(action_info.shape("action"))),)
+        return action_info.shape("action")
+
     @staticmethod
     def check_action_info(action_info: DataInfo) -> None:
-        """Raise SpecError unless the action is continuous (float) or discrete (int with ``n`` choices)."""
-        if action_info.dtype("action").kind == "f" or (is_discrete_action(action_info)
-                                                       and action_info.shape("action") == ()):
+        """Raise SpecError unless the action is continuous (float), one Discrete choice, or a
+        one-dimensional MultiDiscrete or MultiBinary."""
+        kind, shape = action_kind(action_info), action_info.shape("action")
+        if kind == "continuous" and action_info.dtype("action").kind == "f":
             return
-        raise SpecError(f"PPO needs a continuous (Box) action or one Discrete choice; this environment's action "
-                        f"is {action_info.dtype('action').name} of shape {action_info.shape('action')} "
-                        f"with {action_info.meta('action') or 'no number of choices'}")
+        if (kind == "discrete" and shape == ()) or (kind in ("multi_discrete", "multi_binary") and len(shape) == 1):
+            return
+        raise SpecError(f"PPO needs a continuous (Box) action, one Discrete choice, or a one-dimensional "
+                        f"MultiDiscrete or MultiBinary; this environment's action is {action_info.dtype('action').name} "
+                        f"of shape {shape} with {action_info.meta('action') or 'no number of choices'}")
 
     def make_buffer(self, num_slices: int = 1, store: Any = None) -> RolloutBuffer:
         """One rollout segment per worker."""
@@ -247,8 +266,14 @@ class PPO:
 
     def log_prob_entropy(self, out: Mapping[str, tf.Tensor], sample: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Log-probability of ``sample`` and the entropy, under the distribution ``out`` describes."""
-        if self.discrete:
-            return categorical_log_prob(sample, out["action"]), categorical_entropy(out["action"])
+        logits = out["action"]
+        if self.kind == "discrete":
+            return categorical_log_prob(sample, logits), categorical_entropy(logits)
+        if self.kind == "multi_discrete":
+            return (multi_categorical_log_prob(sample, logits, self.nvec),
+                    multi_categorical_entropy(logits, self.nvec))
+        if self.kind == "multi_binary":
+            return bernoulli_log_prob(sample, logits), bernoulli_entropy(logits)
         return gaussian_log_prob(sample, out["action"], out["log_std"]), gaussian_entropy(out["log_std"])
 
     def _value(self, obs: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -267,12 +292,18 @@ class PPO:
         out = self._actor_outputs(self._normalize(obs))
         if self.discrete:
             logits = out["action"]
+            batch = tf.shape(logits)[0]
+            shape = tf.concat([[batch], self._noise_shape(self.action_info)], 0)
             if deterministic:
-                sample = tf.argmax(logits, axis=-1)
-            else:  # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits)
-                if noise is None:
-                    u = self.noise.uniform(tf.shape(logits), minval=1e-12, maxval=1.0)
-                    noise = -tf.math.log(-tf.math.log(u))
+                noise = tf.zeros(shape)
+            elif noise is None:  # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits)
+                u = self.noise.uniform(shape, minval=1e-12, maxval=1.0)
+                noise = -tf.math.log(-tf.math.log(u))
+            if self.kind == "multi_discrete":
+                sample = multi_categorical_sample(logits, noise, self.nvec)
+            elif self.kind == "multi_binary":
+                sample = bernoulli_sample(logits, noise)
+            else:
                 sample = tf.argmax(logits + noise, axis=-1)
             action = sample
         else:

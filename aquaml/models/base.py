@@ -112,11 +112,30 @@ def is_discrete_action(action_info: DataInfo) -> bool:
     return action_info.dtype("action").kind in "iu" and "n" in action_info.meta("action")
 
 
+def action_kind(action_info: DataInfo) -> str:
+    """``'discrete'`` (one choice among ``n``), ``'multi_discrete'`` (a choice per component,
+    ``nvec``), ``'multi_binary'`` (a bit per component) or ``'continuous'``."""
+    meta = action_info.meta("action")
+    if action_info.dtype("action").kind in "iu":
+        if "n" in meta:
+            return "discrete"
+        if "nvec" in meta:
+            return "multi_discrete"
+        if meta.get("binary"):
+            return "multi_binary"
+    return "continuous"
+
+
 def actor_action_shape(action_info: DataInfo) -> tuple[int, ...]:
-    """What the actor's ``action`` output holds per sample: the action itself, or for a discrete
-    action of ``n`` choices the ``n`` logits of a Categorical."""
-    if is_discrete_action(action_info):
+    """What the actor's ``action`` output holds per sample: the action itself; for a discrete
+    action of ``n`` choices the ``n`` logits of a Categorical; for a MultiDiscrete one the logits
+    of every component's Categorical, concatenated (``sum(nvec)``); for a MultiBinary one a logit
+    per bit."""
+    kind = action_kind(action_info)
+    if kind == "discrete":
         return (int(action_info.meta("action")["n"]),)
+    if kind == "multi_discrete":
+        return (int(sum(action_info.meta("action")["nvec"])),)
     return tuple(action_info.shape("action"))
 
 

@@ -52,3 +52,42 @@ def categorical_entropy(logits: tf.Tensor) -> tf.Tensor:
     """``-sum p log p`` over the last axis."""
     log_p = tf.nn.log_softmax(logits, axis=-1)
     return -tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1)
+
+
+def multi_categorical_log_prob(index: tf.Tensor, logits: tf.Tensor, nvec: tuple[int, ...]) -> tf.Tensor:
+    """A product of Categoricals: ``sum_k log softmax(logits_k)[index_k]`` for ``index`` ``(batch, K)``
+    and ``logits`` ``(batch, sum(nvec))``, component ``k`` owning the next ``nvec[k]`` logits."""
+    parts = tf.split(logits, list(nvec), axis=-1)
+    return tf.add_n([categorical_log_prob(index[:, k], part) for k, part in enumerate(parts)])
+
+
+def multi_categorical_entropy(logits: tf.Tensor, nvec: tuple[int, ...]) -> tf.Tensor:
+    """The entropy of a product of Categoricals: the sum of the components' entropies."""
+    return tf.add_n([categorical_entropy(part) for part in tf.split(logits, list(nvec), axis=-1)])
+
+
+def multi_categorical_sample(logits: tf.Tensor, noise: tf.Tensor, nvec: tuple[int, ...]) -> tf.Tensor:
+    """Each component's ``argmax(logits_k + noise_k)``, ``(batch, K)`` int64: a draw for standard
+    Gumbel ``noise`` (Gumbel-max), the mode for zero noise."""
+    parts = tf.split(logits + noise, list(nvec), axis=-1)
+    return tf.stack([tf.argmax(part, axis=-1) for part in parts], axis=-1)
+
+
+def bernoulli_log_prob(bits: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Independent Bernoullis: ``sum_k b_k log sigmoid(l_k) + (1 - b_k) log sigmoid(-l_k)``."""
+    b = tf.cast(bits, logits.dtype)
+    return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=b, logits=logits), axis=-1)
+
+
+def bernoulli_entropy(logits: tf.Tensor) -> tf.Tensor:
+    """The entropy of independent Bernoullis, summed over the last axis."""
+    p = tf.sigmoid(logits)
+    return tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=p, logits=logits), axis=-1)
+
+
+def bernoulli_sample(logits: tf.Tensor, noise: tf.Tensor) -> tf.Tensor:
+    """Bits ``l_k + g_k - g'_k > 0`` (int64) for ``noise`` ``(batch, 2K)`` = ``[g, g']`` standard
+    Gumbel: each bit is 1 with probability ``sigmoid(l_k)`` (the Gumbel-max draw of the two
+    outcomes with logits ``l_k`` and 0); zero noise gives the mode."""
+    first, second = tf.split(noise, 2, axis=-1)
+    return tf.cast(logits + first - second > 0.0, tf.int64)
