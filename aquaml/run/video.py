@@ -4,8 +4,9 @@ Frames come from gymnasium's ``render_mode="rgb_array"``, so no display is neede
 node has none): the first frame after each reset, then one per step. For Atari games that is the
 full-colour screen after each agent step (four emulator frames), not the 84x84 grey input the
 policy sees. MP4 is written through imageio's ffmpeg plugin (H.264; the ffmpeg binary ships
-with the imageio-ffmpeg package), GIF through imageio's Pillow plugin; either file appears
-whole or not at all.
+with the imageio-ffmpeg package) and keeps every frame; GIF through imageio's Pillow plugin, whose
+encoder keeps a run of identical frames as one frame shown for their summed time. Either file
+appears whole or not at all.
 """
 from __future__ import annotations
 
