@@ -57,7 +57,7 @@ def start_and_interrupt(cmd, checkpoint_dir, sig, delay):
     return proc.returncode, out, err
 
 
-@pytest.mark.parametrize("algo", ["sac", "ppo"])
+@pytest.mark.parametrize("algo", ["sac", "ppo", "dqn"])
 def test_sigkill_at_a_random_point_then_resume_matches_an_uninterrupted_run(algo, run_root):
     """One process, fixed seed: killed with SIGKILL somewhere after its first checkpoint and resumed,
     the run's whole progress.csv equals an uninterrupted run's (counters, optimizer state, RNG streams
