@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 setup(
     name="aquaml",
     version="0.1.0",
-    description="MPI-parallel reinforcement learning (SAC, PPO) for workstations and HPC clusters",
+    description="MPI-parallel reinforcement learning (SAC, PPO, DQN) for workstations and HPC clusters",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["aquaml", "aquaml.*"]),
@@ -24,6 +24,12 @@ setup(
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "mpi": ["mpi4py>=3.1", "mpich"],
+        # DQN's pixels and videos: Atari through ale-py (ROMs included) and gymnasium's AtariPreprocessing
+        # (OpenCV), LunarLander (Box2D; gymnasium's Box2D module imports pygame, which also renders the
+        # classic-control tasks), mp4 and gif writing (imageio, with the ffmpeg binary imageio-ffmpeg ships)
+        "atari": ["ale-py>=0.9", "opencv-python-headless>=4.8"],
+        "box2d": ["box2d>=2.3.10", "pygame>=2.1"],
+        "video": ["imageio>=2.30", "imageio-ffmpeg>=0.4.9", "pygame>=2.1"],
         "test": ["pytest>=7", "scipy"],
     },
 )

@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "mpi_scripts", "dqn_task.py")
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 #: A random CartPole policy averages about 22, an untrained greedy one about 10: a mean greedy
-#: return of 100 over 5 episodes at 5,000 steps is only reached by a network that learned.
+#: return of 100 over 5 episodes is only reached by a network that learned (153-249 at 5,000
+#: steps over seeds 0-2 in one process).
 CARTPOLE_BOUND = 100.0
 
 
@@ -31,9 +32,12 @@ def run_task(run_root, *args, ranks=1, timeout=900):
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
-@pytest.mark.parametrize("ranks, extra", [(1, ()), (3, ()), (1, ("--prioritized", "--n-steps", "3"))])
-def test_cartpole_learns(ranks, extra, run_root):
-    result = run_task(run_root, "--task", "cartpole", "--steps", "5000", *extra, ranks=ranks)
+@pytest.mark.parametrize("ranks, steps, extra", [(1, 5000, ()), (3, 5000, ()),
+                                                 (1, 8000, ("--prioritized", "--n-steps", "3"))])
+def test_cartpole_learns(ranks, steps, extra, run_root):
+    """Prioritized 3-step replay learns more slowly here at first (75.8 and 42.8 at 5,000 steps for
+    seeds 0 and 1, 176.4 and 141.6 at 8,000), so it gets the longer budget."""
+    result = run_task(run_root, "--task", "cartpole", "--steps", str(steps), *extra, ranks=ranks)
     assert result["updates"] > 1500
     assert result["eval_return"] >= CARTPOLE_BOUND, result
 
