@@ -80,8 +80,9 @@ def test_bad_step_results_are_explained():
 def test_unsupported_action_space():
     class TupleEnv(gym.Env):
         observation_space = gym.spaces.Box(-1, 1, (1,))
-        action_space = gym.spaces.MultiDiscrete([2, 2])
-    with pytest.raises(SpecError, match="MultiDiscrete is not supported"):
+        action_space = gym.spaces.Tuple((gym.spaces.Discrete(2), gym.spaces.Discrete(2)))
+    with pytest.raises(SpecError, match="action space Tuple is not supported; supported are Box, Discrete, "
+                                        "MultiDiscrete, MultiBinary"):
         GymnasiumEnv(TupleEnv())
 
 
