@@ -7,7 +7,7 @@ layers of 256 ReLU units), batch 64, Double DQN, Huber loss, gradient norm clipp
 Each aquaml update includes drawing its batch from a filled replay buffer, as Stable-Baselines3's
 ``DQN.train`` does. Two aquaml paths are timed: one process (``sample`` then ``update``, one
 compiled call per update) and the MPI optimizer's (``sample_many`` then ``update_many``, 8
-updates per call). The peer (``--peer``, default: the Python that benchmarks/sb3_peer.sh builds)
+updates per call), each also with the update compiled by XLA (``jit_compile=True``). The peer (``--peer``, default: the Python that benchmarks/sb3_peer.sh builds)
 runs benchmarks/sb3_dqn.py in its own process, alternating with aquaml's rounds; the median of
 the per-round ratios is printed. Target: >= 1.5.
 """
@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 from aquaml.parallel.devices import limit_tf_threads  # noqa: E402
 
 
-def build(batch: int):
+def build(batch: int, jit: bool = False):
     import numpy as np
     from aquaml import DQN, DQNParameters, GymnasiumEnv
     from aquaml.models.base import build_models
@@ -32,7 +32,7 @@ def build(batch: int):
     env = GymnasiumEnv("CartPole-v1")
     models = default_models("dqn", env.obs_info, env.action_info, (256, 256), 1e-4)
     specs, action_info = build_models(models, ("actor",), env.obs_info, env.action_info, critics_take_action=False)
-    algo = DQN(specs, env.obs_info, action_info, DQNParameters(batch_size=batch, buffer_size=10_000))
+    algo = DQN(specs, env.obs_info, action_info, DQNParameters(batch_size=batch, buffer_size=10_000, jit_compile=jit))
     buffer = algo.make_buffer()
     rng = np.random.default_rng(0)
     obs = env.reset(seed=0)["obs"]
@@ -76,21 +76,22 @@ def main() -> None:
     parser.add_argument("--peer", default=os.environ.get("SB3_PYTHON", "/tmp/sb3-peer-venv/bin/python"))
     args = parser.parse_args()
     limit_tf_threads(1, 1)
-    algo, buffer, rng = build(args.batch)
-    one_process(algo, buffer, rng, 50)  # traces the compiled functions
-    optimizer_calls(algo, buffer, rng, 16)
-    ratios_one, ratios_many = [], []
+    variants = {"one_process": (build(args.batch), one_process), "optimizer": (build(args.batch), optimizer_calls),
+                "one_process_xla": (build(args.batch, True), one_process),
+                "optimizer_xla": (build(args.batch, True), optimizer_calls)}
+    for (algo, buffer, rng), run in variants.values():
+        run(algo, buffer, rng, 64)  # traces the compiled functions
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
     for k in range(args.rounds):
-        ours = one_process(algo, buffer, rng, args.updates)
-        many = optimizer_calls(algo, buffer, rng, args.updates)
+        speeds = {name: run(*built, args.updates) for name, (built, run) in variants.items()}
         theirs = peer(args.peer, args.updates, args.batch)
-        ratios_one.append(ours / theirs)
-        ratios_many.append(many / theirs)
-        print(f"round {k}: aquaml one-process {ours:.1f} updates/s, optimizer (8 per call) {many:.1f} updates/s, "
-              f"sb3 {theirs:.1f} updates/s", flush=True)
-    one, many = statistics.median(ratios_one), statistics.median(ratios_many)
-    print(f"dqn_update_speed batch={args.batch} ratio_one_process={one:.2f} ratio_optimizer={many:.2f} "
-          f"target>=1.5 {'met' if one >= 1.5 else 'NOT met'} (one process)")
+        for name, speed in speeds.items():
+            ratios[name].append(speed / theirs)
+        print(f"round {k}: " + ", ".join(f"aquaml {name} {speed:.1f}" for name, speed in speeds.items())
+              + f", sb3 {theirs:.1f} updates/s", flush=True)
+    medians = {name: statistics.median(values) for name, values in ratios.items()}
+    print(f"dqn_update_speed batch={args.batch} " + " ".join(f"ratio_{k}={v:.2f}" for k, v in medians.items())
+          + f" target>=1.5 one_process {'met' if medians['one_process'] >= 1.5 else 'NOT met'}")
 
 
 if __name__ == "__main__":
