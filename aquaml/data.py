@@ -282,7 +282,8 @@ class DataInfo:
         if isinstance(space, spaces.MultiBinary):
             return cls(name, space.shape, np.int8, {name: {"binary": True}})
         if isinstance(space, spaces.MultiDiscrete):
-            return cls(name, space.shape, np.int64, {name: {"nvec": space.nvec.tolist(), "start": space.start.tolist()}})
+            meta = {"nvec": space.nvec.tolist(), "start": space.start.tolist()}
+            return cls(name, space.shape, np.int64, {name: meta})
         raise SpecError(f"gymnasium space {type(space).__name__} for {name!r} is not supported; supported are "
                         f"{SUPPORTED_SPACES}")
 

@@ -103,7 +103,8 @@ def main() -> None:
             line += " " + first_reaching(os.path.join(run_root, f"{task['env']}_dqn_{seed}"), args.threshold)
         print(line, flush=True)
     if returns:
-        print(f"aquaml dqn {task['env']} steps={steps} seeds={len(returns)} median_eval_return={statistics.median(returns):.1f}")
+        print(f"aquaml dqn {task['env']} steps={steps} seeds={len(returns)} "
+              f"median_eval_return={statistics.median(returns):.1f}")
 
 
 if __name__ == "__main__":

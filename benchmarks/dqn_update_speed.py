@@ -7,9 +7,10 @@ layers of 256 ReLU units), batch 64, Double DQN, Huber loss, gradient norm clipp
 Each aquaml update includes drawing its batch from a filled replay buffer, as Stable-Baselines3's
 ``DQN.train`` does. Two aquaml paths are timed: one process (``sample`` then ``update``, one
 compiled call per update) and the MPI optimizer's (``sample_many`` then ``update_many``, 8
-updates per call), each also with the update compiled by XLA (``jit_compile=True``). The peer (``--peer``, default: the Python that benchmarks/sb3_peer.sh builds)
-runs benchmarks/sb3_dqn.py in its own process, alternating with aquaml's rounds; the median of
-the per-round ratios is printed. Target: >= 1.5.
+updates per call), each also with the update compiled by XLA (``jit_compile=True``). The peer
+(``--peer``, default: the Python that benchmarks/sb3_peer.sh builds) runs benchmarks/sb3_dqn.py in
+its own process, alternating with aquaml's rounds; the median of the per-round ratios is printed.
+Target: >= 1.5.
 """
 import argparse
 import os

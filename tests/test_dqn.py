@@ -115,8 +115,8 @@ def test_polyak_target_moves_tau_of_the_way():
              "action": np.array([0, 1]), "reward": np.ones(2, np.float32), "discount": np.ones(2, np.float32),
              "weight": np.ones(2, np.float32)}
     algo.update(batch)
-    np.testing.assert_allclose(algo.target.weights[0].numpy(), 0.75 * before + 0.25 * algo.actor.model.weights[0].numpy(),
-                               rtol=1e-5, atol=1e-6)
+    online = algo.actor.model.weights[0].numpy()
+    np.testing.assert_allclose(algo.target.weights[0].numpy(), 0.75 * before + 0.25 * online, rtol=1e-5, atol=1e-6)
 
 
 # --- n-step transitions ---------------------------------------------------------------------

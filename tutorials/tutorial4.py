@@ -84,7 +84,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--learning-starts", type=int, default=None,
                         help="transitions before the first update (default: the task's)")
-    parser.add_argument("--eval-interval", type=int, default=None, help="steps between evaluations (default: the task's)")
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help="steps between evaluations (default: the task's)")
     parser.add_argument("--name", default=None, help="run name under runs/ (default dqn_<task>)")
     parser.add_argument("--run-root", default="runs", help="directory that holds runs (default runs)")
     parser.add_argument("--threads", type=int, default=None,

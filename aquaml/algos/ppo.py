@@ -203,8 +203,9 @@ class PPO:
         if (kind == "discrete" and shape == ()) or (kind in ("multi_discrete", "multi_binary") and len(shape) == 1):
             return
         raise SpecError(f"PPO needs a continuous (Box) action, one Discrete choice, or a one-dimensional "
-                        f"MultiDiscrete or MultiBinary; this environment's action is {action_info.dtype('action').name} "
-                        f"of shape {shape} with {action_info.meta('action') or 'no number of choices'}")
+                        f"MultiDiscrete or MultiBinary; this environment's action is "
+                        f"{action_info.dtype('action').name} of shape {shape} with "
+                        f"{action_info.meta('action') or 'no number of choices'}")
 
     def make_buffer(self, num_slices: int = 1, store: Any = None) -> RolloutBuffer:
         """One rollout segment per worker."""

@@ -107,10 +107,11 @@ class FrameReplayBuffer(ReplayBuffer):
                              "FrameStackObservation, newest frame last")
         a, cap, k = self.arrays, self.slice_capacity, self.depth[name]
         row, prev = g % cap, g - self.stride
-        continues = prev >= 0 and self.arrays["terminated"][s, prev % cap] < 0.5 \
-            and self.arrays["truncated"][s, prev % cap] < 0.5 and np.array_equal(a[f"{name}.next_frame"][s, prev % cap], obs[-1])
+        before = prev % cap
+        continues = (prev >= 0 and a["terminated"][s, before] < 0.5 and a["truncated"][s, before] < 0.5
+                     and np.array_equal(a[f"{name}.next_frame"][s, before], obs[-1]))
         if continues:
-            depth, start = min(k - 1, int(a[f"{name}.depth"][s, prev % cap]) + 1), int(a[f"{name}.start"][s, prev % cap])
+            depth, start = min(k - 1, int(a[f"{name}.depth"][s, before]) + 1), int(a[f"{name}.start"][s, before])
         else:
             depth, start = 0, _padding(obs)
         a[f"{name}.frame"][s, row] = obs[-1]

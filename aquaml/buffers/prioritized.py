@@ -106,7 +106,8 @@ class ProportionalPriorities:
         p = np.abs(np.asarray(td_errors, np.float64)).reshape(-1) + self.eps
         slices, rows = np.asarray(slices).reshape(-1), np.asarray(rows).reshape(-1)
         local = rows % self.slice_capacity
-        alive = (rows >= np.asarray(counters)[slices] - self.slice_capacity) & (self.priority_row[slices, local] == rows + 1)
+        held = rows >= np.asarray(counters)[slices] - self.slice_capacity
+        alive = held & (self.priority_row[slices, local] == rows + 1)
         self.priority[slices[alive], local[alive]] = p[alive] ** self.alpha
         if len(p):
             self.max_priority[0] = max(self.max_priority[0], float(p.max()))
