@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     train.add_argument("--ranks", type=_positive_int, default=1,
                        help="MPI ranks (1 optimizer + K-1 workers); K > 1 relaunches under mpiexec")
-    train.add_argument("--name", default=None, help="run name under --run-root (default: <env>_<algo>)")
+    train.add_argument("--name", default=None,
+                       help="run name under --run-root (default: <env>_<algo>, '/' as '-': ALE-Pong-v5_dqn)")
     train.add_argument("--run-root", default="runs", help="directory that holds runs")
     train.add_argument("--resume", action="store_true",
                        help="continue run --name from its newest valid checkpoint (start it if it has none)")
@@ -251,7 +252,7 @@ def make_train_starter(cli: dict[str, Any]):
     probe.close()
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,
-                             name=args.name or f"{args.env}_{args.algo}", run_root=args.run_root,
+                             name=args.name or f"{args.env.replace('/', '-')}_{args.algo}", run_root=args.run_root,
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,

@@ -126,3 +126,14 @@ def test_behaviour_cloning_of_a_q_network_gives_a_greedy_policy_that_copies_the_
     test = record_policy(GymnasiumEnv("CartPole-v1"), expert, steps=300, seed=10)
     greedy = algo.act(test.obs, deterministic=True)["action"]
     assert np.mean(greedy == test.columns["action"]) > 0.9
+
+
+def test_cli_trains_an_atari_id_through_the_preprocessing_wrappers(run_root):
+    from aquaml.cli import main
+    from aquaml.run.export import load_policy
+    assert main(["train", "--env", "ALE/Pong-v5", "--algo", "dqn", "--steps", "300", "--run-root", run_root,
+                 "--quiet", "--no-tensorboard", "--eval-episodes", "1", "--set", "learning_starts=100",
+                 "--set", "buffer_size=500", "--set", "optimize_memory_usage=true", "--hidden", "32"]) == 0
+    policy = load_policy(os.path.join(run_root, "ALE-Pong-v5_dqn"))
+    assert policy.env_id == "ALE/Pong-v5"
+    assert policy.obs_info.shape("obs") == (4, 84, 84) and policy.obs_info.dtype("obs") == np.uint8
