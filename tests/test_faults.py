@@ -60,7 +60,7 @@ def ended_within(proc, seconds):
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"still running {seconds} s after the fault: {err[-2000:]}")
+        pytest.fail(f"still running {seconds} s after the fault: {(err or '')[-2000:]}")
     return proc.returncode, out, err, time.monotonic() - start
 
 
@@ -183,9 +183,12 @@ def test_an_error_on_one_worker_rank_before_start_ends_every_rank_with_its_messa
 
 # --- stopped and stuck workers ------------------------------------------------------------------
 def _start_task(tmp_path, *extra):
-    proc = subprocess.Popen([MPIEXEC, "-n", "3", PYTHON, RUN_TASK, "--run-root", str(tmp_path), "--eval-interval", "0",
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                            cwd=ROOT)
+    """Start run_task.py on 3 ranks; its stderr goes to a file (a pipe nobody reads could fill up and
+    block the ranks); returns the process and each rank's pid."""
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([MPIEXEC, "-n", "3", PYTHON, RUN_TASK, "--run-root", str(tmp_path), "--eval-interval",
+                                 "0", *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(),
+                                cwd=ROOT)
     pids = {}
     for line in proc.stdout:
         m = re.match(r"rank (\d) \w+ pid (\d+) started", line)
@@ -203,8 +206,10 @@ def test_a_signal_to_one_worker_stops_the_whole_job_cleanly(ppo, tmp_path):
     csv_path = os.path.join(tmp_path, "task", "progress.csv")
     wait_for(lambda: os.path.isfile(csv_path) and len(open(csv_path).read().splitlines()) > 1, proc, 180,
              "progress row")
+    assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
     os.kill(pids[2], signal.SIGTERM)
-    code, out, err, took = ended_within(proc, 60)
+    code, out, _, took = ended_within(proc, 60)
+    err = open(tmp_path / "stderr.txt").read()
     assert code == 0, err[-3000:]
     assert took < 20, f"{took:.1f} s from the worker's SIGTERM to exit"
     assert "rank 0 optimizer stopped" in out and "rank 2 worker stopped" in out
@@ -216,7 +221,8 @@ def test_a_stuck_environment_step_aborts_the_job_naming_the_silent_rank(ppo, tmp
     algo = ["--ppo-epochs", "2"] if ppo else []
     proc, _ = _start_task(tmp_path, "--steps", "100000", "--hang-rank", "2", "--hang-at", "300",
                           "--stall-timeout", "5", *algo)
-    code, out, err, took = ended_within(proc, 120)
+    code, out, _, took = ended_within(proc, 120)
+    err = open(tmp_path / "stderr.txt").read()
     hung_at = float(re.search(r"hanging at ([\d.]+)", err).group(1))
     assert code != 0
     assert re.search(r"rank 0 \(optimizer\): Traceback", err), err[-3000:]
