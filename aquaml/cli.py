@@ -20,8 +20,6 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-ALGOS = ("sac", "ppo")
-
 
 class CLIError(Exception):
     """A bad flag or a request that cannot be carried out; printed as ``aquaml <cmd>: error: ...``.
@@ -107,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt,
                            allow_abbrev=False)
     train.add_argument("--env", required=True, help="gymnasium environment id, e.g. Pendulum-v1 (required)")
-    train.add_argument("--algo", choices=ALGOS, default="sac", help="algorithm")
+    train.add_argument("--algo", default="sac",
+                       help="algorithm by its registered name: sac, ppo, or one that an --import module registers")
+    train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first, e.g. one that calls aquaml.register_algorithm (repeatable) "
+                            "(default: none)")
     train.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     train.add_argument("--ranks", type=_positive_int, default=1,
@@ -215,22 +217,43 @@ def _mpiexec() -> str:
                    "AQUAML_MPIEXEC to your MPI launcher")
 
 
+def resolve_algorithm(name: str, imports: Sequence[str] = ()) -> type:
+    """The algorithm class registered as ``name``, after importing each of ``imports`` (modules
+    that may register algorithms of their own; found on ``sys.path`` or in the current directory)."""
+    import importlib
+
+    from aquaml.algos.registry import algorithm
+    if imports and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CLIError(f"--import {module}: {exc}") from None
+    try:
+        return algorithm(name)
+    except ValueError as exc:
+        raise CLIError(f"--algo {name}: {exc}") from None
+
+
 def make_train_starter(cli: dict[str, Any]):
     """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
-    from aquaml import PPO, SAC, RLTaskStarter
-    from aquaml.run.checkpoint import CheckpointError
-    from aquaml.models.defaults import default_models
+    from aquaml import RLTaskStarter
     from aquaml.envs import GymnasiumEnv
+    from aquaml.run.checkpoint import CheckpointError
 
-    args = argparse.Namespace(**cli)
-    algo_cls = {"sac": SAC, "ppo": PPO}[args.algo]
+    args = argparse.Namespace(**{"imports": [], **cli})  # a run from before --import has none
+    algo_cls = resolve_algorithm(args.algo, args.imports)
     params = _parameters(algo_cls, args)
     try:
         probe = GymnasiumEnv(args.env)
     except Exception as exc:  # noqa: BLE001  (gymnasium raises several kinds for a bad id)
         raise CLIError(f"--env {args.env}: cannot make this gymnasium environment ({type(exc).__name__}: {exc})") from None
     hidden = tuple(args.hidden) if args.hidden else None
-    models = default_models(args.algo, probe.obs_info, probe.action_info, hidden, args.learning_rate)
+    try:
+        models = algo_cls.default_models(probe.obs_info, probe.action_info, hidden, args.learning_rate)
+    except NotImplementedError as exc:
+        raise CLIError(f"--algo {args.algo}: {exc}") from None
     probe.close()
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,

@@ -58,7 +58,7 @@ def main() -> None:
         calls = [batches[i % 8] for i in range(8)]
 
         def call(batch):
-            return sac.update(batch).numpy()
+            return sac.update(batch)
     else:
         calls = [{k: np.stack([batches[(i + j) % 8][k] for j in range(args.per_call)]) for k in info.names}
                  for i in range(8)]

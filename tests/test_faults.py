@@ -67,13 +67,16 @@ def ended_within(proc, seconds):
 # --- pacing --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio", [0.01, 0.05, 1 / 3, 1.0, 4.0])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_the_next_update_is_always_due_before_every_worker_waits(ratio, workers):
-    rate = ReplayRatio(ratio, learning_starts=100, lead=0)
+@pytest.mark.parametrize("interval", [1, 7])
+def test_the_next_burst_is_always_due_before_every_worker_waits(ratio, workers, interval):
     for updates in list(range(0, 40)) + [997, 12345]:
+        rate = ReplayRatio(ratio, learning_starts=100, lead=0, interval=interval)
+        nxt = rate.next_due_steps(updates)
+        assert rate.updates_allowed(nxt) > updates >= rate.updates_allowed(nxt - 1)
+        # the last burst came at the latest one step before the next update was allowed
+        rate.last_burst = nxt - 1
         allowed = rate.steps_allowed(updates, workers)
         assert rate.updates_due(allowed * workers, updates) >= 1  # every worker at its allowance
-        nxt = rate.next_due_steps(updates)
-        assert rate.updates_due(nxt, updates) >= 1 and rate.updates_due(nxt - 1, updates) == 0
 
 
 def test_no_replay_ratio_worker_count_or_node_layout_stalls(tmp_path):

@@ -1,8 +1,9 @@
 """Default models for any environment: MLP actors and critics sized from the DataInfo specs.
 
-What ``aquaml train --env ID`` uses, and a quick start in Python::
+Algorithms build their default ``model_class_dict`` from these (``Algorithm.default_models``);
+what ``aquaml train --env ID`` uses, and a quick start in Python::
 
-    models = default_models("sac", starter_env.obs_info, starter_env.action_info)
+    models = aquaml.default_models("sac", env.obs_info, env.action_info)
 
 Every observation name is flattened and concatenated; continuous actors output the Gaussian mean
 (pre-tanh for SAC) and, for SAC, a state-dependent ``log_std``; PPO's continuous actor leaves
@@ -17,10 +18,6 @@ import tensorflow as tf
 
 from aquaml.data import DataInfo
 from aquaml.models.base import RLBaseModel, actor_action_shape
-
-#: Hidden layer widths by algorithm: SAC's paper sizes, PPO's (CleanRL/SB3) sizes.
-DEFAULT_HIDDEN = {"sac": (256, 256), "ppo": (64, 64)}
-
 
 class _Body(RLBaseModel):
     """Flatten and concatenate the named inputs, then a stack of dense layers."""
@@ -85,26 +82,31 @@ class MLPCritic(_Body):
         return self.out(self.features((first,) + more))
 
 
-def default_models(algo: str, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
-                   learning_rate: float | None = None) -> dict[str, Callable[[], RLBaseModel]]:
-    """``model_class_dict`` for ``algo`` ('sac' or 'ppo'): zero-argument factories of MLP models.
-
-    Raises:
-        ValueError: unknown algorithm or a hidden width that is not a positive int.
-    """
-    algo = algo.lower()
-    if algo not in DEFAULT_HIDDEN:
-        raise ValueError(f"algo must be one of {sorted(DEFAULT_HIDDEN)}, got {algo!r}")
-    hidden = tuple(DEFAULT_HIDDEN[algo] if hidden is None else hidden)
+def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
+    hidden = tuple(hidden)
     if not hidden or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w <= 0 for w in hidden):
         raise ValueError(f"hidden must be positive layer widths such as (256, 256), got {hidden!r}")
-    names = tuple(obs_info.names)
-    shape = actor_action_shape(action_info)
-    if algo == "sac":
-        lr = 3e-4 if learning_rate is None else learning_rate
-        return {"actor": lambda: MLPActor(names, shape, hidden, True, lr),
-                "qf1": lambda: MLPCritic(names, hidden, True, lr),
-                "qf2": lambda: MLPCritic(names, hidden, True, lr)}
-    lr = 3e-4 if learning_rate is None else learning_rate
-    return {"actor": lambda: MLPActor(names, shape, hidden, False, lr, activation="tanh"),
-            "critic": lambda: MLPCritic(names, hidden, False, lr, activation="tanh")}
+    return hidden
+
+
+def mlp_actor(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], learning_rate: float,
+              log_std: bool, activation: str = "relu") -> Callable[[], RLBaseModel]:
+    """A factory of MLP actors over every observation name: the action's mean (or a discrete
+    action's logits, see ``actor_action_shape``), and a state-dependent ``log_std`` if asked.
+
+    Raises:
+        ValueError: a hidden width is not a positive int.
+    """
+    names, shape, hidden = tuple(obs_info.names), actor_action_shape(action_info), _check_hidden(hidden)
+    return lambda: MLPActor(names, shape, hidden, log_std, learning_rate, activation=activation)
+
+
+def mlp_critic(obs_info: DataInfo, hidden: Sequence[int], learning_rate: float, takes_action: bool,
+               activation: str = "relu") -> Callable[[], RLBaseModel]:
+    """A factory of MLP critics over every observation name: Q(obs, action) or V(obs).
+
+    Raises:
+        ValueError: a hidden width is not a positive int.
+    """
+    names, hidden = tuple(obs_info.names), _check_hidden(hidden)
+    return lambda: MLPCritic(names, hidden, takes_action, learning_rate, activation=activation)
