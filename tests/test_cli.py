@@ -39,7 +39,8 @@ def test_every_flag_of_every_subcommand_documents_its_default():
 @pytest.mark.parametrize("argv,message", [
     (["train", "--env", "Pendulum-v1", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--env", "Pendulum-v1", "--steps", "-5"], "--steps: expected a positive integer, got -5"),
-    (["train", "--env", "Pendulum-v1", "--algo", "dqn"], "invalid choice: 'dqn'"),
+    (["train", "--env", "Pendulum-v1", "--algo", "nosuch"], "--algo nosuch: unknown algorithm 'nosuch'; registered: "),
+    (["train", "--env", "Pendulum-v1", "--import", "no_such_module"], "--import no_such_module: No module named"),
     (["train", "--env", "Pendulum-v1", "--resume"], "--resume needs --name"),
     (["train", "--env", "Pendulum-v1", "--set", "gama=0.9"], "has no field 'gama'"),
     (["train", "--env", "Pendulum-v1", "--set", "seed=3"], "--set seed conflicts"),

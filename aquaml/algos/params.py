@@ -136,7 +136,8 @@ class ReplayParameters(RunParameters):
     replay_ratio: float = 1.0
     """Gradient updates per environment step."""
     update_interval: int = 1
-    """Environment steps between bursts of ``update_interval * replay_ratio`` updates."""
+    """Environment steps between bursts of ``update_interval * replay_ratio`` updates (under MPI:
+    steps summed over the workers; they may run ahead until the next burst is due)."""
     max_worker_lead: int = 16
     """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far.
     The optimizer then trains ``learning_starts`` plus about ``workers * max_worker_lead`` updates
@@ -146,9 +147,10 @@ class ReplayParameters(RunParameters):
     """Under MPI: updates between publications of the actor's weights to the workers (a
     publication happens at the end of a call, see ``updates_per_call``)."""
     updates_per_call: int = 8
-    """Under MPI: the most gradient updates the optimizer runs in one compiled call (fewer when
-    fewer are due). The call's batches are sampled together at its start, and the weights it
-    publishes come out of the same call. 1 is one update per call."""
+    """The most gradient updates the learner runs in one compiled call (fewer when fewer are due).
+    The call's batches are sampled together at its start, and under MPI the weights it publishes
+    come out of the same call. In one process the last update of a step also computes the next
+    action. 1 is one update per call."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
