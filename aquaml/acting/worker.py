@@ -19,6 +19,9 @@ from aquaml.data import EMPTY_INFO, DataInfo, NonFiniteError
 from aquaml.envs import RLBaseEnv, normalize_step
 
 Policy = Callable[[Mapping[str, np.ndarray], bool], dict]
+#: Up to this many values per step, a finiteness check sums Python floats (cheaper than a numpy
+#: call for a handful of values, measured: 0.5 against 2.4 us for Pendulum's 3).
+SMALL_CHECK = 64
 
 
 @dataclasses.dataclass
@@ -100,8 +103,10 @@ class Worker:
         self.steps = 0
         self.recurrent = any(len(getattr(e, "_recurrent_info", ())) for e in self.envs)
         own = _env_part(self.envs[0], obs_info)[0] if self.envs else obs_info
-        #: the float observations the environments produce (recurrent state comes from the actor)
-        self._float_obs = tuple(n for n in own.names if own.dtype(n).kind == "f")
+        #: the float observations the environments produce (recurrent state comes from the actor),
+        #: each with whether a step's values of it are few (checked in Python, see check_step)
+        self._float_obs = tuple((n, len(self.envs) * int(np.prod(own.shape(n))) <= SMALL_CHECK)
+                                for n in own.names if own.dtype(n).kind == "f")
 
     def state_dict(self) -> dict:
         """Everything needed to continue stepping exactly from here: counters, RNG state, current
@@ -136,20 +141,28 @@ class Worker:
         self._returns = [dict(r) for r in state["returns"]]
         self._lengths[:] = state["lengths"]
 
-    def _check_finite(self, obs: Mapping[str, np.ndarray], what: str) -> None:
-        """Raise NonFiniteError if a float observation of any environment holds a NaN or an infinity.
+    def check_step(self, next_obs: Mapping[str, np.ndarray], reward: np.ndarray | None,
+                   what: str = "observation") -> None:
+        """Raise NonFiniteError if a step's rewards ``(n,)`` or a float observation ``(n, ...)`` of
+        any of the ``n`` environments holds a NaN or an infinity (before it reaches the buffer).
 
-        One sum per name over every environment is the fast test (NaN and infinities survive a
-        sum); only a non-finite sum is looked at element by element, so that a sum that merely
-        overflowed is not mistaken for one.
+        One sum per array is the test (NaN and infinities survive a sum; it is taken in Python
+        floats for the few values of a small observation, where numpy's per-call cost would be
+        most of a step's checking); only a non-finite sum is looked at value by value, so that a
+        sum that merely overflowed is not mistaken for one.
         """
-        for name in self._float_obs:
-            values = obs[name]
-            if not math.isfinite(np.add.reduce(values, axis=None)):
-                bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    raise self._non_finite(i, f"{what} {name!r}", values[i])
+        if reward is not None and not math.isfinite(sum(reward.tolist())):
+            self._locate(reward, "reward 'total_reward'")
+        for name, small in self._float_obs:
+            values = next_obs[name]
+            if not math.isfinite(sum(values.ravel().tolist()) if small else np.add.reduce(values, axis=None)):
+                self._locate(values, f"{what} {name!r}")
+
+    def _locate(self, values: np.ndarray, field: str) -> None:
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise self._non_finite(i, field, values[i])
 
     def _non_finite(self, env_index: int, field: str, value) -> NonFiniteError:
         return NonFiniteError(f"environment {env_index} of worker {self.slice_index} ({type(self.envs[env_index]).__name__}) "
@@ -159,7 +172,7 @@ class Worker:
     def reset(self) -> None:
         first = [reset_env(env, self.obs_info, self.seed + i) for i, env in enumerate(self.envs)]
         self.obs = {n: np.stack([o[n] for o in first]) for n in self.obs_info.names}
-        self._check_finite(self.obs, "reset() observation")
+        self.check_step(self.obs, None, "reset() observation")
         self._returns = [{} for _ in self.envs]
         self._lengths[:] = 0
 
@@ -198,8 +211,6 @@ class Worker:
             for name in self.obs_info.names:
                 next_obs[name][i] = result.obs[name]
             reward[i] = result.reward["total_reward"]
-            if not math.isfinite(result.reward["total_reward"]):
-                raise self._non_finite(i, "reward 'total_reward'", result.reward["total_reward"])
             terminated[i], truncated[i] = result.terminated, result.truncated
             sums = self._returns[i]
             for k, v in result.reward.items():
@@ -209,7 +220,7 @@ class Worker:
                 finished.append(EpisodeStats(sums, int(self._lengths[i]), result.terminated))
                 self._returns[i], self._lengths[i] = {}, 0
                 reset_obs[i] = reset_env(env, self.obs_info, None)
-        self._check_finite(next_obs, "observation")
+        self.check_step(next_obs, reward)
         # the policy's outputs (action, and e.g. PPO's sample and log_prob): the buffer keeps its
         # columns. The observation comes after them: a recurrent entry stores the state that was
         # the actor's input at this step; the one it returned is in the next_ columns.
@@ -220,7 +231,7 @@ class Worker:
             for name in self.obs_info.names:
                 next_obs[name][i] = obs[name]
         if reset_obs:
-            self._check_finite(next_obs, "reset() observation")
+            self.check_step(next_obs, None, "reset() observation")
         self.obs = next_obs
         self.steps += n
         return finished
