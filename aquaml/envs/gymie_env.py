@@ -11,6 +11,7 @@ step; ``done`` then counts as truncated when ``info['TimeLimit.truncated']`` say
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -48,11 +49,12 @@ def _safe_url(url: str) -> str:
 class _Channel:
     """One WebSocket connection; replies are matched to requests by their order."""
 
-    def __init__(self, url: str, token: str | None, timeout: float, connect_timeout: float) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float, connect_timeout: float, extension: bool) -> None:
         self.url, self.timeout = url, timeout
         headers = {"Authorization": f"Bearer {token}"} if token else None
         try:
-            self.ws = _websockets_client().connect(url, subprotocols=[EXTENSION], additional_headers=headers,
+            self.ws = _websockets_client().connect(url, subprotocols=[EXTENSION] if extension else None,
+                                                   additional_headers=headers,
                                                    open_timeout=connect_timeout, compression=None,
                                                    max_size=64 << 20, ping_interval=20, ping_timeout=60, legacy=True)
         except Exception as exc:  # noqa: BLE001  (socket, handshake and HTTP errors all mean "cannot connect")
@@ -113,6 +115,14 @@ class _Channel:
 _CHANNELS: "weakref.WeakValueDictionary[tuple, _Channel]" = weakref.WeakValueDictionary()
 
 
+@atexit.register
+def _close_channels() -> None:
+    """At exit: close this process's connections, so servers close their instances at once."""
+    for key, channel in list(_CHANNELS.items()):
+        if key[-1] == os.getpid():
+            channel.close()
+
+
 def _info_from_space(info: Mapping[str, Any], name: str, what: str) -> DataInfo:
     """The DataInfo of an observation space's JSON description."""
     kind = info.get("name")
@@ -160,6 +170,8 @@ class GymieEnv(RLBaseEnv):
         timeout: seconds to wait for each reply before ``RemoteEnvTimeout``.
         connect_timeout: seconds for the WebSocket handshake.
         max_episode_steps: truncate episodes after this many steps (None: the server decides).
+        extension: offer the ``aquaml.gymie.v1`` extension (five-part steps, seeded resets); False
+            speaks exactly Gymie's protocol, as with the original server.
 
     Observations: Box as float32, Discrete as an int64 index, MultiBinary as int8, MultiDiscrete as
     int64, Dict as one entry per key. Actions: Box in [-1, 1], rescaled to finite bounds as
@@ -174,7 +186,7 @@ class GymieEnv(RLBaseEnv):
 
     def __init__(self, url: str = "ws://127.0.0.1:5000/gym", env_id: str = "CartPole-v1", *, seed: int | None = None,
                  token: str | None = None, timeout: float = 30.0, connect_timeout: float = 5.0,
-                 max_episode_steps: int | None = None) -> None:
+                 max_episode_steps: int | None = None, extension: bool = True) -> None:
         super().__init__()
         if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
             raise ValueError(f"url must be ws://host:port/gym or wss://..., got {url!r}")
@@ -188,7 +200,7 @@ class GymieEnv(RLBaseEnv):
             raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed must be None or an int, got {seed!r}")
-        self.url, self.env_id, self.seed, self._token = url, env_id, seed, token
+        self.url, self.env_id, self.seed, self._token, self._offer = url, env_id, seed, token, bool(extension)
         self.timeout, self.connect_timeout, self.max_episode_steps = float(timeout), float(connect_timeout), max_episode_steps
         self._group = secrets.token_hex(8)
         self._fresh()
@@ -255,7 +267,7 @@ class GymieEnv(RLBaseEnv):
             key = (self.url, self._token, self._group, os.getpid())
             channel = _CHANNELS.get(key)
             if channel is None or channel.failure is not None:
-                channel = _Channel(self.url, self._token, self.timeout, self.connect_timeout)
+                channel = _Channel(self.url, self._token, self.timeout, self.connect_timeout, self._offer)
                 _CHANNELS[key] = channel
             self._channel, self._instance = channel, None
         return channel

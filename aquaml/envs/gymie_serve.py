@@ -462,8 +462,9 @@ class GymieServer:
                             select_subprotocol=select, max_size=self.max_message_bytes, compression=None,
                             ping_interval=20, ping_timeout=20) as server:
             self.bound_port = server.sockets[0].getsockname()[1]
-            self._log(f"serving gymnasium environments on ws://{self.host}:{self.bound_port}{PATH}"
-                      f"{' (token required)' if self.token else ''}")
+            # printed even when quiet: it says where the server is, and that it is ready
+            print(f"[aquaml serve] serving gymnasium environments on ws://{self.host}:{self.bound_port}{PATH}"
+                  f"{' (token required)' if self.token else ''}", file=sys.stderr, flush=True)
             if ready is not None:
                 ready.set()
             await self._stop.wait()
@@ -492,7 +493,8 @@ def serve(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = None
         max_message_bytes: largest message accepted (close code 1009 beyond).
         allowed_envs: the environment ids clients may make (None: any registered gymnasium id).
         get_env, process_step: replace the two hooks for this server (see ``override``).
-        verbose: log connections that held instances, and failures, to stderr.
+        verbose: log connections that held instances, and failures, to stderr (the line saying
+            where the server listens is printed either way).
         ready: set once the server listens.
 
     Raises:

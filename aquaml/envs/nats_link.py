@@ -92,8 +92,8 @@ class NatsOptions:
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``nats.connect`` for these options."""
         kwargs: dict[str, Any] = {"servers": [self.url], "connect_timeout": max(self.connect_timeout, 0.5),
-                                  "allow_reconnect": False, "reconnect_to_server_handler": self._backoff,
-                                  "name": self.name}
+                                  "allow_reconnect": False, "max_reconnect_attempts": 1, "reconnect_time_wait": 0.05,
+                                  "reconnect_to_server_handler": self._backoff, "name": self.name}
         for key in ("user", "password", "token"):
             if getattr(self, key) is not None:
                 kwargs[key] = getattr(self, key)
@@ -127,9 +127,11 @@ async def connect(options: NatsOptions, error_cb: Callable[[Exception], Awaitabl
     while True:
         nc = nats.NATS()
         try:
-            await nc.connect(**options.connect_kwargs(), error_cb=error_cb or quiet)
-            # the first attempt runs without nats-py's reconnect loop, which would retry a refused
-            # password forever; once connected, a dropped connection is reconnected for good
+            remaining = max(deadline - time.monotonic(), 0.5)
+            await asyncio.wait_for(nc.connect(**options.connect_kwargs(), error_cb=error_cb or quiet), remaining)
+            # an attempt runs without nats-py's own retry loop (which retries a refused password, and
+            # an absent server up to 60 times 2 s); once connected, a dropped connection is
+            # reconnected for good, with the backoff of reconnect_to_server_handler
             nc.options["allow_reconnect"] = True
             nc.options["max_reconnect_attempts"] = -1
             return nc

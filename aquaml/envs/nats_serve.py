@@ -109,8 +109,10 @@ class NatsEnvServer:
             await self.nc.subscribe(f"{self.subject}.{name}", queue=QUEUE, cb=handler)
         await self.nc.flush()
         sweeper = asyncio.get_running_loop().create_task(self._sweep())
-        self._log(f"serving {self.description} on {self.subject}.* at {self.options.url.split('@')[-1]} "
-                  f"(session timeout {self.session_timeout:g} s)")
+        # printed even when quiet: it says where the server is, and that it is ready
+        print(f"[serve-nats {self.subject}] serving {self.description} on {self.subject}.* at "
+              f"{self.options.url.split('@')[-1]} (session timeout {self.session_timeout:g} s)", file=sys.stderr,
+              flush=True)
         if ready is not None:
             ready.set()
         try:
@@ -320,7 +322,8 @@ def serve_nats(env: Any, subject: str = "aquaml.env", url: str = "nats://127.0.0
             after which a client counts as gone and its instances are closed.
         heartbeat: the ping interval the server asks clients for.
         max_instances: most environment instances alive at once over all sessions.
-        verbose: log sessions opening and ending to stderr.
+        verbose: log sessions opening and ending to stderr (the line saying where the server
+            serves is printed either way).
         ready: set once the server is subscribed and answering.
         **auth: NatsOptions fields: ``user``, ``password``, ``token``, ``nkey_seed``,
             ``credentials``, ``connect_timeout``, ``reconnect_wait``, ``reconnect_max_wait``.

@@ -6,9 +6,9 @@
 - ``ws://host:port/gym?env=CartPole-v1&...`` -> ``GymieEnv`` (``wss://`` for TLS).
 
 Query parameters: ``timeout``, ``max_episode_steps``, ``token_file`` (a file whose first line is
-the token; a ``token=`` works too but lands in logs and config.json), for NATS ``protocol``,
-``autoreset``, ``nkey_seed``, ``credentials``, ``connect_timeout``, for WebSocket ``env`` (required)
-and ``seed``.
+the token; a ``token=`` works too but lands in logs and config.json), ``connect_timeout``; for
+NATS ``protocol``, ``autoreset``, ``nkey_seed``, ``credentials``; for WebSocket ``env``
+(required), ``seed`` and ``extension`` (0: exactly Gymie's protocol).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ WS_SCHEMES = ("ws", "wss")
 _NATS_PARAMS = {"protocol": str, "timeout": float, "max_episode_steps": int, "autoreset": bool, "token": str,
                 "token_file": str, "nkey_seed": str, "credentials": str, "connect_timeout": float}
 _WS_PARAMS = {"env": str, "seed": int, "timeout": float, "max_episode_steps": int, "token": str, "token_file": str,
-              "connect_timeout": float}
+              "connect_timeout": float, "extension": bool}
 
 
 def is_env_url(text: Any) -> bool:
