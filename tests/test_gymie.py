@@ -276,9 +276,13 @@ def _learn(gymie_port, ranks, steps, run_root):
 
 
 @pytest.mark.parametrize("ranks,steps", [(1, 24_000), (3, 16_000)])
-def test_ppo_learns_cartpole_through_gymie_env(gymie_server, run_root, ranks, steps):
+def test_ppo_learns_cartpole_through_gymie_env(run_root, ranks, steps):
     """Tutorial 3's PPO, 8 GymieEnv copies per worker on one connection each: random play scores
     about 22, a solved CartPole at least 195."""
-    final, proc = _learn(gymie_server, ranks, steps, run_root)
-    assert final >= 195, proc.stdout[-2000:]
-    assert _stats(gymie_server)["instances"] == 0  # every worker's and the evaluation's copies closed
+    server, port = serve_gymie("--quiet")
+    try:
+        final, proc = _learn(port, ranks, steps, run_root)
+        assert final >= 195, proc.stdout[-2000:]
+        assert _stats(port)["instances"] == 0  # every worker's and the evaluation's copies closed
+    finally:
+        server.stop()
