@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import gymnasium as gym
 import nats
 import numpy as np
 import pytest
@@ -259,6 +260,27 @@ def test_no_answer_is_a_timeout_naming_the_subject_and_nobody_listening_says_so(
     with pytest.raises(RemoteEnvError, match="nobody answers on NATS subject 'nobody.spec'"):
         NatsEnv(nats_server.url, "nobody", timeout=10)
     assert time.monotonic() - start < 3
+
+
+def test_both_sides_reconnect_when_the_nats_server_restarts():
+    nats_server = NatsServer()
+    server = serve_nats("Pendulum-v1", nats_server.url, "again")
+    try:
+        env = NatsEnv(nats_server.url, "again", timeout=15)
+        env.reset(seed=0)
+        before = env.step({"action": np.zeros(1, np.float32)})
+        nats_server.stop()
+        time.sleep(1.0)
+        nats_server = NatsServer(port=nats_server.port)
+        after = env.step({"action": np.zeros(1, np.float32)})  # the same session, the same episode
+        local = gym.make("Pendulum-v1")
+        local.reset(seed=0)
+        local.step(np.zeros(1, np.float32))
+        assert np.allclose(after.obs["obs"], local.step(np.zeros(1, np.float32))[0])
+        assert not np.allclose(after.obs["obs"], before.obs["obs"])
+    finally:
+        server.stop()
+        nats_server.stop()
 
 
 def test_an_unreachable_server_is_a_connection_error_after_the_connect_timeout():

@@ -18,11 +18,13 @@ and a resumed run starts new episodes.
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import base64
 import os
 import secrets
 import socket
+import time
 import weakref
 from typing import Any, Mapping
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from aquaml.data import DataInfo, SpecError
 from aquaml.envs.base import RLBaseEnv, StepResult
-from aquaml.envs.nats_link import Link, NatsOptions, RemoteEnvError, RemoteEnvTimeout, runner
+from aquaml.envs.nats_link import Link, NatsOptions, RemoteEnvError, runner
 from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame
 
 PROTOCOLS = ("aquaml", "gym-nats")
@@ -88,7 +90,8 @@ class _Session:
         return f"{self.subject}.{self.sid}"
 
     def _request(self, subject: str, payload: bytes, expected: Kind) -> Frame:
-        return _checked(self.link.sync_request(subject, payload, self.timeout), subject, expected)
+        # patient: a session's subject can lack its subscriber for a moment after a NATS restart
+        return _checked(self.link.sync_request(subject, payload, self.timeout, patient=True), subject, expected)
 
     def control(self, op: str, **fields: Any) -> dict:
         return self._request(self.data_subject, frame(Kind.CONTROL, meta={"op": op, **fields}), Kind.CONTROL).meta
@@ -109,31 +112,32 @@ class _Session:
         self.results.clear()
         self.autoreset_obs.clear()
         interval = float(reply.get("heartbeat", 1.0))
+        expiry = float(reply.get("session_timeout", 10.0))
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
-        self._heartbeat_task = self.link.owner.run(self._start_heartbeat(interval))
+        self._heartbeat_task = self.link.owner.run(self._start_heartbeat(interval, expiry))
 
-    async def _start_heartbeat(self, interval: float) -> Any:
-        import asyncio
-        task = asyncio.get_running_loop().create_task(self._heartbeat(interval, self.sid))
+    async def _start_heartbeat(self, interval: float, expiry: float) -> Any:
+        task = asyncio.get_running_loop().create_task(self._heartbeat(interval, expiry, self.sid))
         self.link.tasks.append(task)
         return task
 
-    async def _heartbeat(self, interval: float, sid: str) -> None:
-        import asyncio
+    async def _heartbeat(self, interval: float, expiry: float, sid: str) -> None:
+        """Ping every ``interval`` s; the session is lost once nobody has answered for ``expiry`` s
+        (the server's session timeout: by then it has closed the session itself)."""
         subject = f"{self.subject}.{sid}"
+        answered = time.monotonic()
         while self.sid == sid:
             await asyncio.sleep(interval)
             try:
                 data = await self.link.request(subject, frame(Kind.CONTROL, meta={"op": "ping"}),
-                                               max(interval * 4, 2.0))
+                                               max(interval * 4, 2.0), patient=True)
                 _checked(data, subject, Kind.CONTROL)
-            except RemoteEnvTimeout:
-                continue  # a slow moment; the server allows a few missed pings
-            except RemoteEnvError as exc:
-                if self.sid == sid:
+                answered = time.monotonic()
+            except RemoteEnvError as exc:  # timeouts included: a NATS restart, or a server gone
+                if time.monotonic() - answered > expiry and self.sid == sid:
                     self.lost = f"session {sid} on {self.subject!r} is gone ({exc})"
-                return
+                    return
 
     def add(self) -> int:
         self.slots += 1

@@ -270,13 +270,29 @@ class Link:
         if future is not None and not future.done():
             future.set_result(msg)
 
-    async def request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+    async def request(self, subject: str, payload: bytes, timeout: float, patient: bool = False) -> bytes:
         """Publish ``payload`` on ``subject`` and return the reply's data.
+
+        ``patient``: when nobody subscribes to ``subject``, ask again (with backoff) until
+        ``timeout``: after the NATS server restarts, the far side may resubscribe a moment after
+        this side reconnected.
 
         Raises:
             RemoteEnvTimeout: no reply within ``timeout`` seconds.
             RemoteEnvError: nobody subscribes to ``subject``, or the connection is closed.
         """
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            try:
+                return await self._request_once(subject, payload, max(deadline - time.monotonic(), 0.001))
+            except _NoResponders as exc:
+                if not patient or time.monotonic() + delay >= deadline:
+                    raise RemoteEnvError(str(exc)) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def _request_once(self, subject: str, payload: bytes, timeout: float) -> bytes:
         self._serial += 1
         reply = f"{self._inbox}.{self._serial}"
         loop = asyncio.get_running_loop()
@@ -297,13 +313,17 @@ class Link:
             timer.cancel()
             self._waiting.pop(reply, None)
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            raise RemoteEnvError(f"nobody answers on NATS subject {subject!r} at {_safe_url(self.options.url)} "
-                                 "(is the far side running, on this subject and account?)")
+            raise _NoResponders(f"nobody answers on NATS subject {subject!r} at {_safe_url(self.options.url)} "
+                                "(is the far side running, on this subject and account?)")
         return msg.data
 
-    def sync_request(self, subject: str, payload: bytes, timeout: float) -> bytes:
+    def sync_request(self, subject: str, payload: bytes, timeout: float, patient: bool = False) -> bytes:
         """``request`` from synchronous code."""
-        return self.owner.run(self.request(subject, payload, timeout))
+        return self.owner.run(self.request(subject, payload, timeout, patient))
+
+
+class _NoResponders(Exception):
+    """The NATS server says nobody subscribes to the subject (status 503)."""
 
 
 def _expire(future: asyncio.Future) -> None:

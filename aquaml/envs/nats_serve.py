@@ -30,7 +30,7 @@ import numpy as np
 from aquaml.data import DataInfo
 from aquaml.envs.base import RLBaseEnv, normalize_step
 from aquaml.envs.nats_link import NatsOptions, connect
-from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, dumps, frame
+from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame
 
 PROTOCOL = "aquaml-env/1"
 QUEUE = "aquaml"
