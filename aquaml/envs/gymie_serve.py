@@ -512,4 +512,5 @@ def serve(host: str = "127.0.0.1", port: int = 5000, *, token: str | None = None
                 loop.add_signal_handler(sig, server.stop)
         await server.run(ready)
 
-    asyncio.run(main())
+    from aquaml.envs.nats_link import run_async
+    run_async(main())

@@ -181,19 +181,23 @@ class _Session:
     def flush(self) -> None:
         """Send every pending action in one STEP frame and keep the results for their environments."""
         self.check()
-        slots = np.fromiter(self.pending, np.uint32, len(self.pending))
-        actions = {n: np.stack([self.pending[int(s)][n] for s in slots]) for n in self.codec.action.names}
+        order = list(self.pending)
+        rows = [self.pending[s] for s in order]
+        actions = {n: np.stack([row[n] for row in rows]) for n in self.codec.action.names}
         self.pending.clear()
+        slots = np.array(order, np.uint32)
         received = self._request(self.data_subject, self.codec.step_request(slots, actions), Kind.STEP_REPLY)
         batch = self.codec.read_step_reply(received)
         names = self.codec.obs.names
-        for j, slot in enumerate(slots.tolist()):
-            reward = {"total_reward": float(batch.reward[j]), **batch.rewards.get(j, {})}
-            self.results[slot] = StepResult({n: batch.obs[n][j] for n in names}, reward, bool(batch.terminated[j]),
-                                            bool(batch.truncated[j]), batch.infos.get(j, {}))
-            row = batch.reset_rows[j]
-            if row >= 0:
-                self.autoreset_obs[slot] = {n: batch.reset_obs[n][row] for n in names}
+        rewards, terminated, truncated = batch.reward.tolist(), batch.terminated.tolist(), batch.truncated.tolist()
+        reset_rows = batch.reset_rows.tolist()
+        for j, slot in enumerate(order):
+            reward = {"total_reward": rewards[j], **batch.rewards[j]} if j in batch.rewards else \
+                {"total_reward": rewards[j]}
+            self.results[slot] = StepResult({n: batch.obs[n][j] for n in names}, reward, terminated[j],
+                                            truncated[j], batch.infos.get(j, {}))
+            if reset_rows[j] >= 0:
+                self.autoreset_obs[slot] = {n: batch.reset_obs[n][reset_rows[j]] for n in names}
 
 
 _SESSIONS: "weakref.WeakValueDictionary[tuple, _Session]" = weakref.WeakValueDictionary()

