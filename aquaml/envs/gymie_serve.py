@@ -429,6 +429,7 @@ class GymieServer:
         return None
 
     async def _handler(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
         if not self._authorized(ws.request):
             await ws.close(UNAUTHORIZED, "Unauthorized: missing or wrong token")
             return
@@ -442,6 +443,8 @@ class GymieServer:
                     await ws.close(close.code, _reason(close.reason))
                     break
                 await ws.send(reply)
+        except ConnectionClosed:
+            pass  # the client went away (killed, network gone): its instances are closed below
         except Exception as exc:  # noqa: BLE001  (a broken connection ends only itself)
             self._log(f"connection from {ws.remote_address} failed: {type(exc).__name__}: {exc}")
         finally:
