@@ -5,6 +5,7 @@ fixture) and the far sides as real processes (``aquaml serve-nats``, examples/gy
 """
 import asyncio
 import copy
+import json
 import os
 import pickle
 import re
@@ -300,7 +301,50 @@ def _nkey_config(tmp_path):
     return str(tmp_path / "server.conf"), str(tmp_path / "user.nk")
 
 
-@pytest.mark.parametrize("method", ["user", "token", "nkey"])
+def _b64url(data):
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt(claims, signer):
+    """A NATS JWT (decentralised authentication): header.claims.signature, signed by an NKey."""
+    import base64
+    import hashlib
+    header = _b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    claims = {**claims, "iat": int(time.time())}
+    claims["jti"] = base64.b32encode(hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()).decode()
+    body = _b64url(json.dumps(claims).encode())
+    return f"{header}.{body}.{_b64url(signer.sign(f'{header}.{body}'.encode()))}"
+
+
+def _creds_config(tmp_path):
+    """An operator, an account and a user: the server's config and the user's .creds file."""
+    import nkeys
+
+    def keypair(prefix):
+        seed = nkeys.encode_seed(os.urandom(32), prefix)
+        pair = nkeys.from_seed(bytearray(seed))
+        return seed.decode(), pair, pair.public_key.decode()
+
+    _, operator, operator_id = keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    _, account, account_id = keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    user_seed, _, user_id = keypair(nkeys.PREFIX_BYTE_USER)
+    limits = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True, "conn": -1}
+    operator_jwt = _jwt({"iss": operator_id, "sub": operator_id, "name": "op",
+                         "nats": {"type": "operator", "version": 2}}, operator)
+    account_jwt = _jwt({"iss": operator_id, "sub": account_id, "name": "lab",
+                        "nats": {"type": "account", "version": 2, "limits": limits}}, operator)
+    user_jwt = _jwt({"iss": account_id, "sub": user_id, "name": "learner",
+                     "nats": {"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1,
+                              "payload": -1}}, account)
+    (tmp_path / "server.conf").write_text(f"operator: {operator_jwt}\nresolver: MEMORY\n"
+                                          f"resolver_preload: {{ {account_id}: {account_jwt} }}\n")
+    (tmp_path / "user.creds").write_text(f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+                                         f"-----BEGIN USER NKEY SEED-----\n{user_seed}\n------END USER NKEY SEED------\n")
+    return str(tmp_path / "server.conf"), str(tmp_path / "user.creds")
+
+
+@pytest.mark.parametrize("method", ["user", "token", "nkey", "credentials"])
 def test_authentication_as_the_server_is_configured(method, tmp_path):
     if method == "user":
         server, good, bad = NatsServer("--user", "learner", "--pass", "s3cret-pass"), \
@@ -308,13 +352,16 @@ def test_authentication_as_the_server_is_configured(method, tmp_path):
     elif method == "token":
         server, good, bad = NatsServer("--auth", "t0ken-for-tests"), {"token": "t0ken-for-tests"}, {"token": "nope"}
     else:
-        config, seed_file = _nkey_config(tmp_path)
+        make = _nkey_config if method == "nkey" else _creds_config
+        key = "nkey_seed" if method == "nkey" else "credentials"
+        config, secret = make(tmp_path)
         other = tmp_path / "other"
         other.mkdir()
-        server, good, bad = NatsServer("-c", config), {"nkey_seed": seed_file}, {"nkey_seed": _nkey_config(other)[1]}
+        server, good, bad = NatsServer("-c", config), {key: secret}, {key: make(other)[1]}  # another operator's
     try:
         far = {"user": ["--user", "learner", "--password-file", str(tmp_path / "pw")],
-               "token": ["--token-file", str(tmp_path / "tk")], "nkey": ["--nkey-seed", good.get("nkey_seed", "")]}
+               "token": ["--token-file", str(tmp_path / "tk")], "nkey": ["--nkey-seed", good.get("nkey_seed", "")],
+               "credentials": ["--credentials", good.get("credentials", "")]}
         (tmp_path / "pw").write_text("s3cret-pass\n")
         (tmp_path / "tk").write_text("t0ken-for-tests\n")
         served = serve_nats("Pendulum-v1", server.url, "auth", *far[method])
