@@ -286,3 +286,20 @@ def test_ppo_learns_cartpole_through_gymie_env(run_root, ranks, steps):
         assert _stats(port)["instances"] == 0  # every worker's and the evaluation's copies closed
     finally:
         server.stop()
+
+
+def test_environment_urls_are_checked_before_connecting(tmp_path):
+    from aquaml.envs.urls import env_from_url, is_env_url, url_name
+    assert is_env_url("ws://h:1/gym?env=CartPole-v1") and is_env_url("nats://h:4222/s") and not is_env_url("CartPole-v1")
+    with pytest.raises(ValueError, match="needs env=ID"):
+        env_from_url("ws://127.0.0.1:1/gym")
+    with pytest.raises(ValueError, match=r"unknown parameter 'bogus'; accepted: connect_timeout, env, extension"):
+        env_from_url("ws://127.0.0.1:1/gym?env=CartPole-v1&bogus=1")
+    with pytest.raises(ValueError, match="timeout='soon' is not a float"):
+        env_from_url("ws://127.0.0.1:1/gym?env=CartPole-v1&timeout=soon")
+    with pytest.raises(FileNotFoundError, match="token_file: no such file"):
+        env_from_url(f"ws://127.0.0.1:1/gym?env=CartPole-v1&token_file={tmp_path}/none")
+    with pytest.raises(ValueError, match="not a boolean"):
+        env_from_url("nats://127.0.0.1:1/s?autoreset=maybe")
+    assert url_name("ws://127.0.0.1:5000/gym?env=CartPole-v1&token=x") == "ws-127.0.0.1-5000-CartPole-v1"
+    assert url_name("nats://user:pw@host:4222/lab.arm") == "nats-host-4222-lab.arm"
