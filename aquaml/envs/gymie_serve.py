@@ -185,8 +185,9 @@ def _action(space: Any, action: Any) -> Any:
         WrongAction: it has the wrong type or shape, or lies outside a discrete space.
     """
     from gymnasium import spaces
-    if isinstance(space, spaces.Discrete):
-        if isinstance(action, bool) or not isinstance(action, int) or not space.contains(np.int64(action)):
+    if isinstance(space, spaces.Discrete):  # a range check: the environment checks again
+        if isinstance(action, bool) or not isinstance(action, int) or not \
+                int(space.start) <= action < int(space.start) + int(space.n):
             raise WrongAction(action)
         return np.int64(action)
     if isinstance(space, (spaces.Box, spaces.MultiBinary, spaces.MultiDiscrete)):
