@@ -72,7 +72,9 @@ def gym_nats_step(url, steps):
         if result.terminated or result.truncated:
             env.reset()
     timings(one, 100)
-    return timings(one, steps)
+    t = timings(one, steps)
+    env.close()  # the system is one environment: the next round's NatsEnv takes it over
+    return t
 
 
 def batched(envs, rounds):
