@@ -29,6 +29,7 @@ from aquaml.envs.gymie_serve import EXTENSION
 from aquaml.envs.nats_link import RemoteEnvError, RemoteEnvTimeout
 
 _SEED_WARNED: set[str] = set()
+_ENCODER = json.JSONEncoder(allow_nan=False)  # json.dumps(allow_nan=False) would build one per call
 
 
 def _websockets_client() -> Any:
@@ -70,7 +71,7 @@ class _Channel:
         if self.failure is not None:
             raise self.failure
         try:
-            self.ws.send(json.dumps({"method": method, "params": params}, allow_nan=False))
+            self.ws.send(_ENCODER.encode({"method": method, "params": params}))
         except Exception as exc:  # noqa: BLE001  (any failure to write ends this connection)
             raise self._failed(exc, method) from None
         self.sent += 1

@@ -112,7 +112,7 @@ def default_process_step(step: tuple) -> tuple:
         terminated = bool(done) and not truncated
     else:
         obs, reward, terminated, truncated, info = step
-    return _json_value(obs), _json_number(reward), bool(terminated), bool(truncated), json_safe(info or {})
+    return _json_value(obs), _json_number(reward), bool(terminated), bool(truncated), json_safe(info) if info else {}
 
 
 HOOKS: dict[str, Callable] = {"get_env": default_get_env, "process_step": default_process_step}
@@ -226,6 +226,11 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON (RFC 8259)")
 
 
+# made once: json.loads/json.dumps with options build a new decoder/encoder per call (~10 us each)
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 class _Connection:
     """One client's instances and the dispatch of its messages (synchronous: env calls are inline)."""
 
@@ -249,7 +254,7 @@ class _Connection:
             except UnicodeDecodeError:
                 raise _Close(INVALID_MESSAGE, "Message is invalid (not UTF-8)") from None
         try:
-            data = json.loads(message, parse_constant=_reject_constant)
+            data = _STRICT_DECODER.decode(message)
         except (ValueError, RecursionError):
             raise _Close(INVALID_MESSAGE, f"Message `{_short(message)}` is invalid") from None
         if not isinstance(data, dict) or "method" not in data or "params" not in data:
@@ -349,7 +354,7 @@ class _Connection:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return _STRICT_ENCODER.encode(value)
 
 
 def is_loopback(host: str) -> bool:

@@ -117,9 +117,12 @@ def json_safe(value: Any) -> Any:
     return repr(value)
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # one, not one per call
+
+
 def dumps(value: Any) -> bytes:
     """Strict JSON (no NaN or Infinity) as UTF-8 bytes."""
-    return json.dumps(json_safe(value), allow_nan=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(json_safe(value)).encode()
 
 
 def frame(kind: Kind, slots: np.ndarray | Sequence[int] = (), body: Sequence[bytes | memoryview] = (),
