@@ -448,14 +448,16 @@ def test_ppo_learns_the_gym_nats_example_system_unchanged(nats_server, run_root)
     evaluation = gym_nats_ring(nats_server.url, "--prefix", "eval", "--seed", "2")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "aquaml.cli", "train", "--algo", "ppo", "--steps", "6144", "--hidden", "32,32",
+            [sys.executable, "-m", "aquaml.cli", "train", "--algo", "ppo", "--steps", "4096", "--hidden", "32,32",
              "--env", f"{nats_server.url}/?protocol=gym-nats&max_episode_steps=30",
              "--eval-env", f"{nats_server.url}/eval?protocol=gym-nats&max_episode_steps=30",
              "--set", "rollout_steps=512", "--eval-episodes", "10", "--eval-interval", "0", "--seed", "0",
              "--run-root", run_root, "--name", "ring", "--no-tensorboard"],
             capture_output=True, text=True, timeout=600, cwd=ROOT, env=_env())
         assert proc.returncode == 0, proc.stderr[-3000:]
-        final = float(re.search(r"final evaluation return (-?[\d.]+)", proc.stdout).group(1))
+        import csv
+        with open(os.path.join(run_root, "ring", "progress.csv")) as f:
+            final = float(list(csv.DictReader(f))[-1]["eval/return_mean"])
         assert final > 0.7, proc.stdout[-2000:]
     finally:
         train.stop()
@@ -499,10 +501,10 @@ def test_a_resumed_run_reconnects_and_says_its_episodes_restart(nats_server, run
     server = serve_nats("Pendulum-v1", nats_server.url, "resume", "--quiet")
     try:
         url = f"{nats_server.url}/resume"
-        first = _learn(url, 1, 600, run_root, "--name", "again", "--checkpoint-interval", "300")
+        first = _learn(url, 1, 400, run_root, "--name", "again", "--checkpoint-interval", "200")
         assert "NatsEnv cannot be pickled" in first.stderr and "a resumed run restarts its episodes" in first.stderr
-        second = _learn(url, 1, 900, run_root, "--name", "again", "--resume", "--checkpoint-interval", "300")
-        assert "resuming from step 600" in second.stdout
+        second = _learn(url, 1, 600, run_root, "--name", "again", "--resume", "--checkpoint-interval", "200")
+        assert "resuming from step 400" in second.stdout
         assert "they reconnect or restart and begin new episodes" in second.stderr
         assert "final evaluation return" in second.stdout
     finally:
