@@ -4,6 +4,7 @@ Public API (names kept from the reference AquaML)::
 
     from aquaml import DataInfo, RLBaseEnv, GymnasiumEnv, RLBaseModel, RLTaskStarter, SAC, SACParameters
     from aquaml import PPO, PPOParameters, load_policy, save_data, load_data
+    from aquaml import NatsEnv, serve_nats, GymieEnv, serve      # environments across the network
 
 Names are imported on first use, so ``import aquaml`` (and ``aquaml --help``) does not start
 TensorFlow; the first model, environment spec or starter does.
@@ -42,6 +43,9 @@ _EXPORTS = {
     "load_data": "aquaml.datasets", "trajectories_from_buffer": "aquaml.datasets",
     "behaviour_cloning": "aquaml.datasets",
     "plot_runs": "aquaml.plotting",
+    "NatsEnv": "aquaml.envs.nats_env", "serve_nats": "aquaml.envs.nats_serve",
+    "GymieEnv": "aquaml.envs.gymie_env", "serve": "aquaml.envs.gymie_serve",
+    "RemoteEnvError": "aquaml.envs.nats_link",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -4,6 +4,8 @@
     aquaml eval runs/Pendulum-v1_sac --episodes 20
     aquaml plot runs/ -o curves.png --y eval/return_mean
     aquaml export runs/Pendulum-v1_sac -o pendulum_policy
+    aquaml serve --port 5000                                 (Gymie's WebSocket API)
+    aquaml serve-nats Pendulum-v1 --subject aquaml.pendulum  (NatsEnv clients)
 
 ``aquaml <command> --help`` documents every flag with its default. ``train --ranks K`` (K > 1)
 starts itself under ``mpiexec -n K``; under ``srun``/``mpirun`` it picks up the ranks it was given.
@@ -11,6 +13,7 @@ starts itself under ``mpiexec -n K``; under ``srun``/``mpirun`` it picks up the 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -99,12 +102,17 @@ class _HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aquaml", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export,serve,serve-nats}")
     fmt = _HelpFormatter
 
     train = sub.add_parser("train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt,
                            allow_abbrev=False)
-    train.add_argument("--env", required=True, help="gymnasium environment id, e.g. Pendulum-v1 (required)")
+    train.add_argument("--env", required=True,
+                       help="gymnasium environment id, e.g. Pendulum-v1, or a remote environment URL: "
+                            "nats://host:port/SUBJECT (a serve-nats server; ?protocol=gym-nats for a gym-nats "
+                            "system) or ws://host:port/gym?env=ID (a Gymie server) (required)")
+    train.add_argument("--eval-env", default=None,
+                       help="evaluation environment, same forms as --env (default: copies of --env)")
     train.add_argument("--algo", default="sac",
                        help="algorithm by its registered name: sac, ppo, or one that an --import module registers")
     train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -143,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory (or a policy export directory)")
     ev.add_argument("--episodes", type=_positive_int, default=20, help="episodes to run")
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="episode k is reset with seed + k")
-    ev.add_argument("--env", default=None, help="gymnasium id (default: the one the run was trained on)")
+    ev.add_argument("--env", default=None,
+                    help="gymnasium id or environment URL (default: the one the run was trained on)")
     ev.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
 
     plot = sub.add_parser("plot", help="learning curves across seeds (seaborn)", formatter_class=fmt,
@@ -162,7 +171,62 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", default="latest",
                         help="'latest' (newest valid checkpoint), 'final' (the policy saved at the end of "
                              "training) or a checkpoint directory")
+    _add_serve_parsers(sub, fmt)
     return parser
+
+
+def _add_serve_parsers(sub: Any, fmt: type) -> None:
+    serve = sub.add_parser("serve", help="serve gymnasium environments over WebSocket with Gymie's API",
+                           formatter_class=fmt, allow_abbrev=False)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; not loopback needs --token-file")
+    serve.add_argument("--port", type=_port, default=5000, help="TCP port (0: any free port)")
+    serve.add_argument("--token-file", default=None,
+                       help="file whose first line is the token clients must send (?token= or a Bearer header) "
+                            "(default: none; also read from $AQUAML_SERVE_TOKEN)")
+    serve.add_argument("--max-instances-per-connection", type=_positive_int, default=64,
+                       help="instances one connection may hold")
+    serve.add_argument("--max-instances", type=_positive_int, default=1024, help="instances over all connections")
+    serve.add_argument("--max-message-bytes", type=_positive_int, default=1 << 20, help="largest message accepted")
+    serve.add_argument("--allow", action="append", default=None, metavar="ENV_ID",
+                       help="an environment id clients may make, repeatable (default: any registered id)")
+    serve.add_argument("--quiet", action="store_true", help="no connection log on stderr")
+
+    nats = sub.add_parser("serve-nats", help="serve an environment to NatsEnv clients over NATS",
+                          formatter_class=fmt, allow_abbrev=False)
+    nats.add_argument("env", help="gymnasium id (e.g. Pendulum-v1) or module:name of an RLBaseEnv class, "
+                                  "instance or factory (the module must be importable)")
+    nats.add_argument("--subject", default="aquaml.env", help="base subject the clients use")
+    nats.add_argument("--url", default="nats://127.0.0.1:4222", help="NATS server")
+    nats.add_argument("--session-timeout", type=_positive_float, default=10.0,
+                      help="seconds without a message after which a client counts as gone")
+    nats.add_argument("--heartbeat", type=_positive_float, default=1.0, help="ping interval asked of clients")
+    nats.add_argument("--max-instances", type=_positive_int, default=256, help="instances over all sessions")
+    nats.add_argument("--user", default=None, help="NATS user (with --password-file)")
+    nats.add_argument("--password-file", default=None, help="file whose first line is the NATS password")
+    nats.add_argument("--token-file", default=None, help="file whose first line is the NATS token")
+    nats.add_argument("--nkey-seed", default=None, help="NKey seed file")
+    nats.add_argument("--credentials", default=None, help="NATS .creds file (JWT and NKey)")
+    nats.add_argument("--quiet", action="store_true", help="no session log on stderr")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
 
 
 # --- train -------------------------------------------------------------------------------------
@@ -239,31 +303,35 @@ def resolve_algorithm(name: str, imports: Sequence[str] = ()) -> type:
 def make_train_starter(cli: dict[str, Any]):
     """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
     from aquaml import RLTaskStarter
-    from aquaml.envs import GymnasiumEnv
+    from aquaml.envs.urls import is_env_url, make_env, url_name
     from aquaml.run.checkpoint import CheckpointError
 
     args = argparse.Namespace(**{"imports": [], **cli})  # a run from before --import has none
     algo_cls = resolve_algorithm(args.algo, args.imports)
     params = _parameters(algo_cls, args)
     try:
-        probe = GymnasiumEnv(args.env)
-    except Exception as exc:  # noqa: BLE001  (gymnasium raises several kinds for a bad id)
-        raise CLIError(f"--env {args.env}: cannot make this gymnasium environment ({type(exc).__name__}: {exc})") from None
+        probe = make_env(args.env)
+    except Exception as exc:  # noqa: BLE001  (gymnasium and the network raise several kinds)
+        kind = "environment URL" if is_env_url(args.env) else "gymnasium environment"
+        raise CLIError(f"--env {args.env}: cannot make this {kind} ({type(exc).__name__}: {exc})") from None
     hidden = tuple(args.hidden) if args.hidden else None
     try:
         models = algo_cls.default_models(probe.obs_info, probe.action_info, hidden, args.learning_rate)
     except NotImplementedError as exc:
         raise CLIError(f"--algo {args.algo}: {exc}") from None
     probe.close()
+    eval_env = getattr(args, "eval_env", None)
+    name = args.name or f"{url_name(args.env) if is_env_url(args.env) else args.env}_{args.algo}"
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,
-                             name=args.name or f"{args.env}_{args.algo}", run_root=args.run_root,
+                             eval_env=eval_env, name=name, run_root=args.run_root,
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
                              resume=args.resume, config_extra={"cli": cli})
-    except (ValueError, TypeError, CheckpointError) as exc:  # SpecError and ModelContractError included
-        # a problem found by one rank of an MPI task (see agree_to_start) is printed by that rank
+    except (ValueError, TypeError, CheckpointError, ConnectionError, RuntimeError) as exc:  # SpecError,
+        # ModelContractError, RemoteEnvError and StartupError included; a problem found by one rank of
+        # an MPI task (see agree_to_start) is printed by that rank
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}", getattr(exc, "aquaml_startup", None)) from None
 
 
@@ -331,7 +399,7 @@ def _config(run: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from aquaml.envs import GymnasiumEnv
+    from aquaml.envs.urls import make_env
     from aquaml.run.export import POLICY_JSON, load_policy
     from aquaml.acting.worker import evaluate
 
@@ -345,7 +413,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env_id = args.env or policy.env_id
     if env_id is None:
         raise CLIError(f"{args.run} was trained on an environment that is not a gymnasium id; pass --env ID")
-    envs = [GymnasiumEnv(env_id) for _ in range(min(args.episodes, 10))]
+    try:
+        first = make_env(env_id)
+    except Exception as exc:  # noqa: BLE001  (gymnasium and the network raise several kinds)
+        raise CLIError(f"--env {env_id}: cannot make this environment ({type(exc).__name__}: {exc})") from None
+    envs = [first] + [copy.deepcopy(first) for _ in range(min(args.episodes, 10, first.max_copies or 10) - 1)]
     for env in envs:  # a recurrent policy's state travels as observation entries
         env.set_recurrent_info(policy.state_info)
     if envs[0].obs_info.select(policy.obs_info.names) != policy.obs_info:
@@ -404,6 +476,58 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve / serve-nats --------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aquaml.envs.gymie_serve import serve
+    from aquaml.envs.urls import read_secret
+    try:
+        token = read_secret(args.token_file, "--token-file") if args.token_file else \
+            os.environ.get("AQUAML_SERVE_TOKEN") or None
+        serve(args.host, args.port, token=token, max_instances_per_connection=args.max_instances_per_connection,
+              max_instances=args.max_instances, max_message_bytes=args.max_message_bytes, allowed_envs=args.allow,
+              verbose=not args.quiet)
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def _served_env(spec: str) -> Any:
+    """A gymnasium id, or ``module:name`` of an RLBaseEnv class, instance or factory."""
+    import importlib
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        from aquaml.envs import GymnasiumEnv
+        try:
+            GymnasiumEnv(spec).close()
+        except Exception as exc:  # noqa: BLE001  (gymnasium raises several kinds for a bad id)
+            raise CLIError(f"{spec}: cannot make this gymnasium environment ({type(exc).__name__}: {exc})") from None
+        return spec
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CLIError(f"{spec}: cannot import {attr!r} from {module_name!r} ({exc})") from None
+    return target
+
+
+def cmd_serve_nats(args: argparse.Namespace) -> int:
+    from aquaml.envs.nats_serve import serve_nats
+    from aquaml.envs.urls import read_secret
+    env = _served_env(args.env)
+    try:
+        auth = {"user": args.user, "nkey_seed": args.nkey_seed, "credentials": args.credentials,
+                "password": read_secret(args.password_file, "--password-file") if args.password_file else None,
+                "token": read_secret(args.token_file, "--token-file") if args.token_file else None}
+        serve_nats(env, args.subject, args.url, session_timeout=args.session_timeout, heartbeat=args.heartbeat,
+                   max_instances=args.max_instances, verbose=not args.quiet, **auth)
+    except (ValueError, TypeError, OSError, PermissionError, ConnectionError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+_COMMANDS = {"eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "serve": cmd_serve,
+             "serve-nats": cmd_serve_nats}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -411,11 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, argv)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "plot":
-            return cmd_plot(args)
-        return cmd_export(args)
+        return _COMMANDS[args.command](args)
     except CLIError as exc:
         parser.exit(2, f"aquaml {args.command}: error: {exc}\n" if exc.prints else None)
     return 0

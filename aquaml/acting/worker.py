@@ -62,13 +62,14 @@ def reset_env(env: RLBaseEnv, obs_info: DataInfo, seed: int | None) -> dict[str,
     return {**obs, **recurrent.zeros()} if len(recurrent) else obs
 
 
-def step_env(env: RLBaseEnv, obs_info: DataInfo, action_dict: dict):
+def step_env(env: RLBaseEnv, obs_info: DataInfo, action_dict: dict, sent: bool = False):
     """Step ``env`` and validate what it returns; accepts the legacy 4-tuple once-warned.
 
+    ``sent``: ``action_dict`` was already given to ``env.send_step``; only receive the result.
     Recurrent state entries of the next observation are the state the actor returned (in
     ``action_dict``), whether or not the environment copies them itself.
     """
-    result = normalize_step(env.step(action_dict), type(env).__name__)
+    result = normalize_step(env.receive_step() if sent else env.step(action_dict), type(env).__name__)
     own, recurrent = _env_part(env, obs_info)
     obs = own.validate(result.obs, what=f"{type(env).__name__}.step() observation", allow_extra=True,
                        squeeze_leading_one=True)
@@ -130,6 +131,10 @@ class Worker:
         self.steps = int(state["steps"])
         self.rng.bit_generator.state = state["rng"]
         if state["envs"] is None or state["obs"] is None:
+            if state["obs"] is not None:
+                warnings.warn(f"the checkpoint holds no state of the {type(self.envs[0]).__name__} environments "
+                              "(they could not be pickled); they reconnect or restart and begin new episodes",
+                              stacklevel=2)
             self.obs = None  # the next step resets every environment
             return
         envs = pickle.loads(state["envs"])
@@ -205,9 +210,12 @@ class Worker:
         truncated = np.empty(n, np.float32)
         finished = []
         reset_obs = {}
+        # copies, so an environment that scales its action in place cannot alter what is stored
+        sent = [{k: np.array(v[i]) for k, v in out.items()} for i in range(n)]
+        for env, action in zip(self.envs, sent):  # all actions out first: remote ones travel together
+            env.send_step(action)
         for i, env in enumerate(self.envs):
-            # a copy, so an environment that scales its action in place cannot alter what is stored
-            result = step_env(env, self.obs_info, {k: np.array(v[i]) for k, v in out.items()})
+            result = step_env(env, self.obs_info, sent[i], sent=True)
             for name in self.obs_info.names:
                 next_obs[name][i] = result.obs[name]
             reward[i] = result.reward["total_reward"]
@@ -253,8 +261,11 @@ def evaluate(envs: Sequence[RLBaseEnv], obs_info: DataInfo, policy: Policy, epis
         while obs:
             live = list(obs)
             out = policy({n: np.stack([obs[k][n] for k in live]) for n in obs_info.names}, True)
+            sent = [{a: np.array(v[i]) for a, v in out.items()} for i in range(len(live))]
             for i, k in enumerate(live):
-                result = step_env(envs[k - first], obs_info, {a: np.array(v[i]) for a, v in out.items()})
+                envs[k - first].send_step(sent[i])
+            for i, k in enumerate(live):
+                result = step_env(envs[k - first], obs_info, sent[i], sent=True)
                 total[k] += result.reward["total_reward"]
                 length[k] += 1
                 obs[k] = result.obs

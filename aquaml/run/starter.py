@@ -22,6 +22,7 @@ from aquaml.algos.base import Algorithm
 from aquaml.algos.registry import algorithm
 from aquaml.data import DataInfo
 from aquaml.envs import GymnasiumEnv, RLBaseEnv
+from aquaml.envs.urls import is_env_url, url_factory
 from aquaml.models.base import build_models
 from aquaml.models.recurrent import with_recurrent
 from aquaml.parallel.devices import default_optimizer_threads, limit_tf_threads
@@ -45,6 +46,8 @@ MAX_EVAL_ENVS = 10
 
 def _env_factory(env: Any) -> Callable[[], RLBaseEnv]:
     """A zero-argument factory of fresh environment copies from what the user passed."""
+    if is_env_url(env):  # a remote environment: connected once for its spec, copies join lazily
+        return url_factory(env)
     if isinstance(env, str):
         return lambda: GymnasiumEnv(env)
     if isinstance(env, RLBaseEnv):
@@ -55,6 +58,33 @@ def _env_factory(env: Any) -> Callable[[], RLBaseEnv]:
         return env
     raise TypeError("env must be an RLBaseEnv, a gymnasium id such as 'Pendulum-v1', a gymnasium.Env, "
                     f"or a zero-argument function returning an RLBaseEnv; got {type(env).__name__}")
+
+
+def _check_copies(env: RLBaseEnv, eval_env: Any, params: Any, topology: Any) -> None:
+    """Check the task's copies of ``env`` against ``env.max_copies`` (an environment that stands
+    for one system allows one copy, so evaluation must have its own).
+
+    Raises:
+        ValueError: the task needs more copies of ``env`` than it allows.
+    """
+    limit = env.max_copies
+    if limit is None:
+        return
+    training = params.envs_per_worker * (1 if topology is None else topology.num_workers)
+    plural = "copy" if limit == 1 else "copies"
+    if training > limit:
+        raise ValueError(f"{env!r} allows {limit} {plural} per task, this task steps {training} "
+                         "(envs_per_worker x worker ranks); lower envs_per_worker or the ranks")
+    if eval_env is None:
+        raise ValueError(f"{env!r} allows {limit} {plural} per task, all used for training; evaluation needs "
+                         "its own: pass eval_env=... (aquaml train --eval-env URL)")
+
+
+def _eval_envs(factory: Callable[[], Any], episodes: int) -> list[RLBaseEnv]:
+    """Up to MAX_EVAL_ENVS evaluation copies (no more than the environment's ``max_copies``)."""
+    first = _make_env(factory)
+    count = min(episodes, MAX_EVAL_ENVS, first.max_copies or MAX_EVAL_ENVS)
+    return [first] + [_make_env(factory) for _ in range(count - 1)]
 
 
 def _make_env(factory: Callable[[], Any]) -> RLBaseEnv:
@@ -171,9 +201,10 @@ class RLTaskStarter:
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)
         self.envs = [_make_env(factory) for _ in range(params.envs_per_worker)]
+        _check_copies(self.envs[0], eval_env, params, self.topology)
         eval_factory = factory if eval_env is None else _env_factory(eval_env)
-        self.eval_envs = [_make_env(eval_factory) for _ in range(min(params.calculate_episodes, MAX_EVAL_ENVS))
-                          if self.topology is None or self.topology.is_optimizer]
+        evaluates = self.topology is None or self.topology.is_optimizer
+        self.eval_envs = _eval_envs(eval_factory, params.calculate_episodes) if evaluates else []
         self.obs_info: DataInfo = self.envs[0].obs_info
         if self.envs[0].action_info is not None:
             algo.check_action_info(self.envs[0].action_info)
