@@ -256,6 +256,14 @@ class OptimizerRole:
             flat = self.state.weights.read_flat(0)[1]
             self.weight_sender.send(flat, self.state.weights.version, self.updates, stop=True, force=True)
 
+    def abandon(self) -> None:
+        """After an exception on this rank: stop every worker as a stop request would and take
+        each one's last messages (its terminal snapshot included), so that every rank leaves the task."""
+        if self.s.algo.schedule == "async":
+            self.stop_workers()
+            self._wait_for_marks(len(async_marks(self.p.total_steps, self.s.checkpoint_interval)))
+        self.finish()
+
     def finish(self) -> None:
         """Tell every worker to stop (shared flag here, a message to other nodes' leaders) and take
         each one's last snapshot message, so that no message is left unreceived at MPI_Finalize
@@ -409,18 +417,27 @@ class WorkerRole:
             "length": np.array([e.length for e in episodes], np.int64)})
 
 
-def run_task(starter: Any, topo: Topology, progress_factory: Any) -> tuple[dict[str, float], StopRequest]:
+def run_task(starter: Any, topo: Topology,
+             progress_factory: Any) -> tuple[dict[str, float], StopRequest, Exception | None]:
     """Run one task on every rank of ``topo``; the optimizer returns its final evaluation (and
-    every rank its StopRequest, which says whether a signal cut the run short)."""
+    every rank its StopRequest, which says whether a signal cut the run short).
+
+    ``progress_factory(stop)`` makes the optimizer's Progress. The third value is None, or, on the
+    optimizer of a starter with ``abort_on_error=False``, the exception its training raised after
+    every rank has left the task cleanly (the caller raises it).
+    """
     stop = StopRequest()
     state = NodeState(topo, starter.algo, [w.shape for w in starter.algo.actor_weights()])
+    failure = None
     try:
         if topo.is_optimizer:
-            role = OptimizerRole(starter, topo, state, progress_factory(), stop)
+            role = OptimizerRole(starter, topo, state, progress_factory(stop), stop)
             role.restore(starter.restored)
-            final = role.run()
-            starter.save_final()
-            role.finish()
+            final, failure = _optimize(starter, role)
+            if failure is None:
+                role.finish()
+            else:
+                role.abandon()
         else:
             worker = WorkerRole(starter, topo, state, stop)
             worker.restore(receive_restore(topo.comm))
@@ -430,4 +447,16 @@ def run_task(starter: Any, topo: Topology, progress_factory: Any) -> tuple[dict[
     finally:
         stop.restore()
     state.close()
-    return final, stop
+    return final, stop, failure
+
+
+def _optimize(starter: Any, role: OptimizerRole) -> tuple[dict[str, float], Exception | None]:
+    """Train and save; an exception is returned instead of raised when the starter contains errors."""
+    try:
+        final = role.run()
+        starter.save_final()
+    except Exception as exc:  # noqa: BLE001  (any failure of the task; the caller raises it)
+        if starter.abort_on_error:
+            raise
+        return {}, exc
+    return final, None

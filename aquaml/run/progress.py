@@ -7,8 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from aquaml.run.logger import RunLogger
 from aquaml.acting.worker import evaluate
+from aquaml.parallel.failure import StopRequest
+from aquaml.run.logger import RunLogger
+
+#: The stop reason of a task that its ``on_evaluation`` callback asked to stop.
+EVALUATION_STOP = "its on_evaluation callback"
 
 
 #: Console lines come at most this often (short on-policy rounds would otherwise flood it);
@@ -20,11 +24,14 @@ class Progress:
     """Epoch bookkeeping shared by every schedule: evaluation when due, one logged row per epoch.
 
     Callers report finished episodes and update metrics as they come, and call ``advance`` with
-    the environment-step and update counts after each unit of work.
+    the environment-step and update counts after each unit of work. After each evaluation the
+    starter's ``on_evaluation(step, stats)`` is called, if it has one; when it returns True before
+    the final evaluation, ``stop`` is asked to stop the run (as a SIGTERM would: the schedule stops
+    every rank at its next clean point and checkpoints).
     """
 
-    def __init__(self, starter: Any, logger: RunLogger) -> None:
-        self.s, self.logger, self.p = starter, logger, starter.params
+    def __init__(self, starter: Any, logger: RunLogger, stop: StopRequest | None = None) -> None:
+        self.s, self.logger, self.p, self.stop = starter, logger, starter.params, stop
         self.next_epoch, self.next_eval = self.p.epoch_length, self.p.eval_interval or math.inf
         self.final: dict[str, float] = {}
         self._episodes: list = []
@@ -67,6 +74,10 @@ class Progress:
             self._end_epoch(steps, updates, evaluation, display=steps >= self.next_epoch or finished)
             while self.next_epoch <= steps:
                 self.next_epoch += self.p.epoch_length
+        callback = self.s.on_evaluation
+        if evaluation and callback is not None and callback(steps, evaluation) and not finished \
+                and self.stop is not None:
+            self.stop.request(EVALUATION_STOP)
 
     def _end_epoch(self, steps: int, updates: int, evaluation: dict[str, float], display: bool) -> None:
         now = time.perf_counter()
