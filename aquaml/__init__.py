@@ -32,6 +32,7 @@ _EXPORTS = {
     "load_data": "aquaml.datasets", "trajectories_from_buffer": "aquaml.datasets",
     "behaviour_cloning": "aquaml.datasets",
     "plot_runs": "aquaml.plotting",
+    "tune": "aquaml.tuning", "SpaceError": "aquaml.tuning",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

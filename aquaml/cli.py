@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- train -------------------------------------------------------------------------------------
 def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
-    """The algorithm's parameters from the flags; ``--set`` values are parsed by the field's type."""
+    """The algorithm's parameters from the flags; ``--set`` values given as text are parsed by the
+    field's type, other values (``aquaml tune``'s sampled ones) are taken as they are."""
     cls = algo_cls.parameters_class
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {"total_steps": args.steps, "seed": args.seed}
@@ -155,7 +156,7 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
         if key in values:
             raise CLIError(f"--set {key} conflicts with a flag that sets {key} (or is given twice)")
-        values[key] = _parse_value(key, text, getattr(cls(), key))
+        values[key] = _parse_value(key, text, getattr(cls(), key)) if isinstance(text, str) else text
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -192,8 +193,13 @@ def _mpiexec() -> str:
                    "AQUAML_MPIEXEC to your MPI launcher")
 
 
-def make_train_starter(cli: dict[str, Any]):
-    """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
+def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluation: Any = None,
+                       abort_on_error: bool = True, config_extra: dict[str, Any] | None = None):
+    """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json).
+
+    ``aquaml tune`` builds each trial through it, on the trial's rank group (``mpi_comm``), with
+    the ``on_evaluation`` and ``abort_on_error`` of RLTaskStarter and more config.json entries.
+    """
     from aquaml import PPO, SAC, RLTaskStarter
     from aquaml.run.checkpoint import CheckpointError
     from aquaml.models.defaults import default_models
@@ -215,7 +221,8 @@ def make_train_starter(cli: dict[str, Any]):
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
-                             resume=args.resume, config_extra={"cli": cli})
+                             resume=args.resume, config_extra={"cli": cli, **(config_extra or {})},
+                             mpi_comm=mpi_comm, on_evaluation=on_evaluation, abort_on_error=abort_on_error)
     except (ValueError, TypeError, CheckpointError) as exc:  # SpecError and ModelContractError included
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
 
