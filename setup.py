@@ -24,6 +24,8 @@ setup(
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "mpi": ["mpi4py>=3.1", "mpich"],
+        # `aquaml tune`: Optuna (studies, samplers, pruners, journal storage) and YAML search spaces
+        "tune": ["optuna>=4.0", "pyyaml>=6"],
         "test": ["pytest>=7", "scipy"],
     },
 )

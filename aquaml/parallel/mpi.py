@@ -26,6 +26,15 @@ def launched_ranks() -> int:
     return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as the MPI launcher's environment gives it (0 for a plain process)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def mpi() -> Any:
     """The mpi4py MPI module (imported on first use: a plain process never initialises MPI)."""
     from mpi4py import MPI

@@ -193,9 +193,9 @@ def run_study(config: TuneConfig, comm: Any = None) -> dict[str, Any] | None:
             _sleep_until(world.Ibarrier().Test, IDLE_POLL_SECONDS)  # groups end at different times
         if not first:
             return None
-        summary = summarize(config)
+        summary = summarize(config.storage, config.study_name)
         if config.report:
-            summary["report"] = write_report(config)
+            summary["report"] = write_report(config.storage, config.study_name, config.study_dir)
         if stop.signal_name is not None and config.verbose:
             print(f"[{config.study_name}] stopped by {stop.signal_name}: the trials that were running are "
                   f"failed and queued again; run the same command to continue", flush=True)

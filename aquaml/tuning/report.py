@@ -93,31 +93,35 @@ def train_args(cli: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def summarize(config: Any) -> dict[str, Any]:
+def summarize(storage: str, study_name: str) -> dict[str, Any]:
     """The study's counts and best trial."""
-    study = load_study(config.storage, config.study_name)
+    study = load_study(storage, study_name)
     trials = study.get_trials(deepcopy=False)
-    return {"study": config.study_name, "storage": config.storage, "trials": counts(trials), "best": best_entry(study)}
+    return {"study": study_name, "storage": storage, "trials": counts(trials), "best": best_entry(study)}
 
 
-def write_report(config: Any) -> dict[str, str]:
-    """best.json, trials.csv, history.png and importances.png in the study's directory; their paths."""
-    study = load_study(config.storage, config.study_name)
-    out = config.study_dir
+def write_report(storage: str, study_name: str, out: str) -> dict[str, str]:
+    """best.json, trials.csv, history.png and importances.png in ``out`` (the study's directory);
+    their paths. Reads the study as it is now (other jobs may still be running trials).
+
+    Raises:
+        ValueError: no such storage or study.
+    """
+    study = load_study(storage, study_name)
     os.makedirs(out, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     paths = {"best": os.path.join(out, "best.json"), "trials": os.path.join(out, "trials.csv"),
              "history": os.path.join(out, "history.png"), "importances": os.path.join(out, "importances.png")}
     best = best_entry(study)
-    write_text_atomic(paths["best"], json.dumps({"study": config.study_name, "storage": config.storage,
+    write_text_atomic(paths["best"], json.dumps({"study": study_name, "storage": storage,
                                                  "trials": counts(trials), "best": best}, indent=2, default=str))
     _write_csv(study, paths["trials"])
-    _plot_history(trials, paths["history"], config.study_name)
+    _plot_history(trials, paths["history"], study_name)
     note = _plot_importances(study, paths["importances"])
     if note is not None:
         del paths["importances"]
-        print(f"[{config.study_name}] no importances figure: {note}", flush=True)
-    print(f"[{config.study_name}] report: " + ", ".join(paths.values()), flush=True)
+        print(f"[{study_name}] no importances figure: {note}", flush=True)
+    print(f"[{study_name}] report: " + ", ".join(paths.values()), flush=True)
     return paths
 
 
