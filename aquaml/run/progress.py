@@ -25,9 +25,11 @@ class Progress:
 
     Callers report finished episodes and update metrics as they come, and call ``advance`` with
     the environment-step and update counts after each unit of work. After each evaluation the
-    starter's ``on_evaluation(step, stats)`` is called, if it has one; when it returns True before
-    the final evaluation, ``stop`` is asked to stop the run (as a SIGTERM would: the schedule stops
-    every rank at its next clean point and checkpoints).
+    starter's ``on_evaluation(step, stats)`` is called, if it has one, with the evaluation's
+    scheduled step (the multiple of ``eval_interval`` that came due, which an MPI run may have
+    passed by a few steps, so that runs compare at the same steps; the step count for the final
+    one); when it returns True before the final evaluation, ``stop`` is asked to stop the run (as a
+    SIGTERM would: the schedule stops every rank at its next clean point and checkpoints).
     """
 
     def __init__(self, starter: Any, logger: RunLogger, stop: StopRequest | None = None) -> None:
@@ -65,17 +67,20 @@ class Progress:
 
     def advance(self, steps: int, updates: int, finished: bool = False) -> None:
         """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""
-        evaluation = {}
+        evaluation, scheduled = {}, steps
         if steps >= self.next_eval or finished:
             evaluation = self.final = evaluate_policy(self.s, self.p.calculate_episodes)
             while self.next_eval <= steps:
+                scheduled = self.next_eval
                 self.next_eval += self.p.eval_interval or math.inf
+            if finished:
+                scheduled = steps
         if steps >= self.next_epoch or finished or evaluation:
             self._end_epoch(steps, updates, evaluation, display=steps >= self.next_epoch or finished)
             while self.next_epoch <= steps:
                 self.next_epoch += self.p.epoch_length
         callback = self.s.on_evaluation
-        if evaluation and callback is not None and callback(steps, evaluation) and not finished \
+        if evaluation and callback is not None and callback(scheduled, evaluation) and not finished \
                 and self.stop is not None:
             self.stop.request(EVALUATION_STOP)
 

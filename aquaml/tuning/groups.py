@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from aquaml.parallel.devices import usable_cores
-from aquaml.parallel.failure import StopRequest
+from aquaml.parallel.failure import StopRequest, report_and_abort
 from aquaml.parallel.mpi import Backoff, launched_ranks, mpi
 from aquaml.tuning.config import TuneConfig
 from aquaml.tuning.leader import IDLE_POLL_SECONDS, StudyLeader
@@ -174,32 +174,40 @@ def run_study(config: TuneConfig, comm: Any = None) -> dict[str, Any] | None:
     Raises:
         ValueError: the ranks do not form whole groups of ``config.group_size``.
     """
+    world = comm if comm is not None else (mpi().COMM_WORLD if launched_ranks() > 1 else None)
+    ranks = 1 if world is None else world.Get_size()
+    if ranks % config.group_size:
+        raise ValueError(f"group_size {config.group_size} does not divide the {ranks} ranks of this launch "
+                         f"(launch K x {config.group_size} ranks for K groups)")
     stop = StopRequest()
     try:
-        world = comm if comm is not None else (mpi().COMM_WORLD if launched_ranks() > 1 else None)
-        ranks = 1 if world is None else world.Get_size()
-        if ranks % config.group_size:
-            raise ValueError(f"group_size {config.group_size} does not divide the {ranks} ranks of this launch "
-                             f"(launch K x {config.group_size} ranks for K groups)")
-        group = Group(world, config.group_size)
-        threads = default_threads(world, group)
-        first = world is None or world.Get_rank() == 0
-        if first and config.verbose:
-            print(f"[{config.study_name}] {group.count} group(s) of {config.group_size} rank(s); "
-                  f"storage {config.storage}; trials in {config.study_dir}", flush=True)
-            print_header()
-        run_group(config, group, stop, threads)
+        return _run_study(config, world, stop)
+    except BaseException as exc:  # as in a task: a rank that fails must not leave the others waiting
         if world is not None:
-            _sleep_until(world.Ibarrier().Test, IDLE_POLL_SECONDS)  # groups end at different times
-        if not first:
-            return None
-        summary = summarize(config.storage, config.study_name)
-        if config.report:
-            summary["report"] = write_report(config.storage, config.study_name, config.study_dir)
-        if stop.signal_name is not None and config.verbose:
-            print(f"[{config.study_name}] stopped by {stop.signal_name}: the trials that were running are "
-                  f"failed and queued again; run the same command to continue", flush=True)
-        return summary
+            report_and_abort(world, "tuning", exc)
+        raise
     finally:
         stop.restore()
         sys.stdout.flush()
+
+
+def _run_study(config: TuneConfig, world: Any, stop: StopRequest) -> dict[str, Any] | None:
+    group = Group(world, config.group_size)
+    threads = default_threads(world, group)
+    first = world is None or world.Get_rank() == 0
+    if first and config.verbose:
+        print(f"[{config.study_name}] {group.count} group(s) of {config.group_size} rank(s); "
+              f"storage {config.storage}; trials in {config.study_dir}", flush=True)
+        print_header()
+    run_group(config, group, stop, threads)
+    if world is not None:
+        _sleep_until(world.Ibarrier().Test, IDLE_POLL_SECONDS)  # groups end at different times
+    if not first:
+        return None
+    summary = summarize(config.storage, config.study_name)
+    if config.report:
+        summary["report"] = write_report(config.storage, config.study_name, config.study_dir)
+    if stop.signal_name is not None and config.verbose:
+        print(f"[{config.study_name}] stopped by {stop.signal_name}: the trials that were running are "
+              f"failed and queued again; run the same command to continue", flush=True)
+    return summary

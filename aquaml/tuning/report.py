@@ -186,7 +186,7 @@ def _plot_importances(study: Any, path: str) -> str | None:
     if not importances:
         return "no parameter varied between the completed trials"
     names = list(importances)[::-1]
-    fig = _figure(6, 0.5 + 0.4 * len(names))
+    fig = _figure(6, 1.5 + 0.4 * len(names))
     ax = fig.add_subplot()
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel("importance (PED-ANOVA, normalised)")

@@ -127,7 +127,10 @@ class SearchSpace:
 
 
 def _widths_of(value: Any) -> tuple[int, ...]:
-    return tuple(int(w) for w in str(value).split(","))
+    """Hidden widths from a list (a fixed entry) or the text a categorical choice keeps (``'64,64'``)."""
+    if isinstance(value, str):
+        return tuple(int(w) for w in value.split(","))
+    return tuple(int(w) for w in value)
 
 
 def load_space(source: str | Mapping[str, Any] | SearchSpace, algo: str,
