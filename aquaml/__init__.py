@@ -4,6 +4,7 @@ Public API (names kept from the reference AquaML)::
 
     from aquaml import DataInfo, RLBaseEnv, GymnasiumEnv, RLBaseModel, RLTaskStarter, SAC, SACParameters
     from aquaml import PPO, PPOParameters, load_policy, save_data, load_data
+    from aquaml import tune          # Optuna studies, trials as MPI rank groups (docs/tuning.md)
 
 Names are imported on first use, so ``import aquaml`` (and ``aquaml --help``) does not start
 TensorFlow; the first model, environment spec or starter does.

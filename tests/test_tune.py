@@ -316,3 +316,21 @@ def test_preemption_term_then_kill_then_the_same_command_finishes_exactly_n(tmp_
     retried = [t for t in finished if "failed_trial" in t.system_attrs]
     assert retried and all(t.user_attrs["run_dir"].endswith(f"trial_{t.system_attrs['failed_trial']}") for t in retried)
     assert np.isfinite([t.value for t in finished]).all()
+
+
+def test_failing_set_up_stops_at_max_failures_and_a_changed_command_is_refused(tmp_path):
+    """Every trial's pair (burn_in 40, sequence_length 32) is refused when its task is built: each
+    trial fails with that message, and the study stops after max_failures of them. The same study
+    continued with another step budget is refused."""
+    import aquaml
+    space = {"search": {"burn_in": {"type": "categorical", "choices": [40]},
+                        "sequence_length": {"type": "categorical", "choices": [32]}}}
+    storage = str(tmp_path / "broken.log")
+    summary = aquaml.tune("Pendulum-v1", "sac", space, trials=5, storage=storage, steps=100, max_failures=2,
+                          run_root=str(tmp_path / "runs"), pruner="none", report=False, verbose=False)
+    assert summary["trials"]["fail"] == 2 and summary["trials"]["complete"] == 0
+    errors = [t.user_attrs["error"] for t in trials_of(storage, "broken")]
+    assert len(errors) == 2 and all("burn_in must be below sequence_length=32" in e for e in errors), errors
+    with pytest.raises(ValueError, match=r"was started with other settings(.|\n)*steps: study 100, now 200"):
+        aquaml.tune("Pendulum-v1", "sac", space, trials=5, storage=storage, steps=200, max_failures=2,
+                    run_root=str(tmp_path / "runs"), pruner="none", report=False, verbose=False)

@@ -105,6 +105,8 @@ class StudyLeader:
             return None
         if errors >= self.config.failure_limit:
             self.end_reason = f"{errors} trials failed with an error (the limit is {self.config.failure_limit})"
+            print(f"[{self.config.study_name}] group {self.group_index} stops: {self.end_reason}; see the "
+                  f"errors in {self.config.study_dir}/trials.csv", flush=True)
             return None
         if done + running >= self.config.trials:
             return None
