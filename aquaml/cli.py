@@ -402,8 +402,11 @@ def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
                            f"{launched_ranks()} MPI ranks; drop --ranks when launching with srun/mpirun")
         return subprocess.call([_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "aquaml.cli"]
                                + _without_ranks(list(argv)))
-    from aquaml.tuning.groups import run_study
-    run_study(config)
+    from aquaml.tuning.groups import StudyOpenError, run_study
+    try:
+        run_study(config)
+    except StudyOpenError as exc:
+        raise CLIError(str(exc)) from None
     return 0
 
 

@@ -149,9 +149,36 @@ def run_trial(plan: TrialPlan, group: Group, reporter: EvaluationReporter | None
     return run
 
 
-def run_group(config: TuneConfig, group: Group, stop: StopRequest, threads: int | None) -> None:
+class StudyOpenError(ValueError):
+    """The study could not be opened (another study's settings, an unwritable journal...); raised
+    on every rank of the launch, which all agree on it before any trial starts."""
+
+
+def open_leader(config: TuneConfig, world: Any, group: Group, threads: int | None) -> StudyLeader | None:
+    """The group leader's StudyLeader (None on other ranks), once every leader has opened the study.
+
+    Raises:
+        StudyOpenError: on every rank, when a leader could not open it (its message on that rank).
+    """
+    leader, error = None, None
+    if group.is_leader:
+        try:
+            leader = StudyLeader(config, group.index, group.size, threads)
+        except (ValueError, OSError) as exc:
+            error = str(exc)
+    if world is not None:
+        mine, anyone = np.array([int(error is not None)]), np.zeros(1, np.int64)
+        request = world.Iallreduce(mine, anyone, op=mpi().MAX)
+        _sleep_until(request.Test)
+        if anyone[0] and error is None:
+            error = "another group's leader could not open the study (its rank printed why)"
+    if error is not None:
+        raise StudyOpenError(error)
+    return leader
+
+
+def run_group(config: TuneConfig, group: Group, leader: StudyLeader | None, stop: StopRequest) -> None:
     """This rank's part of the study: trials until the study has its trials or a signal stops it."""
-    leader = StudyLeader(config, group.index, group.size, threads) if group.is_leader else None
     while True:
         claimed = leader.claim(stop) if leader is not None else None
         plan = group.share_plan(None if claimed is None else claimed.plan)
@@ -173,6 +200,7 @@ def run_study(config: TuneConfig, comm: Any = None) -> dict[str, Any] | None:
 
     Raises:
         ValueError: the ranks do not form whole groups of ``config.group_size``.
+        StudyOpenError: the study could not be opened (e.g. it was started with other settings).
     """
     world = comm if comm is not None else (mpi().COMM_WORLD if launched_ranks() > 1 else None)
     ranks = 1 if world is None else world.Get_size()
@@ -182,6 +210,8 @@ def run_study(config: TuneConfig, comm: Any = None) -> dict[str, Any] | None:
     stop = StopRequest()
     try:
         return _run_study(config, world, stop)
+    except StudyOpenError:  # every rank raises it: nobody waits
+        raise
     except BaseException as exc:  # as in a task: a rank that fails must not leave the others waiting
         if world is not None:
             report_and_abort(world, "tuning", exc)
@@ -194,12 +224,13 @@ def run_study(config: TuneConfig, comm: Any = None) -> dict[str, Any] | None:
 def _run_study(config: TuneConfig, world: Any, stop: StopRequest) -> dict[str, Any] | None:
     group = Group(world, config.group_size)
     threads = default_threads(world, group)
+    leader = open_leader(config, world, group, threads)
     first = world is None or world.Get_rank() == 0
     if first and config.verbose:
         print(f"[{config.study_name}] {group.count} group(s) of {config.group_size} rank(s); "
               f"storage {config.storage}; trials in {config.study_dir}", flush=True)
         print_header()
-    run_group(config, group, stop, threads)
+    run_group(config, group, leader, stop)
     if world is not None:
         _sleep_until(world.Ibarrier().Test, IDLE_POLL_SECONDS)  # groups end at different times
     if not first:

@@ -62,12 +62,11 @@ class StudyLeader:
         self.launch = launch_id()
         self.end_reason: str | None = None
         self._last_end: float | None = None  # when this rank's previous trial task ended
+        pruner = make_pruner(config.pruner, config.pruner_startup_trials, config.pruner_warmup_steps)
+        sampler = make_sampler(config.sampler, config.seed, config.sampler_startup_trials)
         with self.lock.held():
             self.study = optuna.create_study(storage=self.storage, study_name=config.study_name, direction="maximize",
-                                             load_if_exists=True, pruner=make_pruner(
-                                                 config.pruner, config.pruner_startup_trials, config.pruner_warmup_steps),
-                                             sampler=make_sampler(config.sampler, config.seed,
-                                                                  config.sampler_startup_trials))
+                                             load_if_exists=True, pruner=pruner, sampler=sampler)
             check_signature(self.study, config.signature(), config.storage)
             for values in config.enqueue:
                 self.study.enqueue_trial(dict(values), skip_if_exists=True)
