@@ -124,6 +124,7 @@ def test_space_files_yaml_and_json_give_the_trial_settings(tmp_path):
 
 # --- the runtime hooks -----------------------------------------------------------------------------
 def test_stop_requests_nest_and_pass_signals_outwards():
+    before = signal.getsignal(signal.SIGTERM)  # import aquaml's holder of early signals, outside a session
     outer = StopRequest()
     try:
         inner = StopRequest()
@@ -138,7 +139,7 @@ def test_stop_requests_nest_and_pass_signals_outwards():
         late.restore()
     finally:
         outer.restore()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_on_evaluation_stops_a_run_cleanly(run_root):

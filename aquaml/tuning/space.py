@@ -114,8 +114,8 @@ class SearchSpace:
         if "hidden" in merged:
             hidden = _widths_of(merged["hidden"])
         elif "hidden_width" in merged or "hidden_layers" in merged:
-            from aquaml.models.defaults import DEFAULT_HIDDEN
-            default = DEFAULT_HIDDEN[self.algo]
+            from aquaml.algos.registry import algorithm
+            default = algorithm(self.algo).default_hidden
             width = int(merged.get("hidden_width", default[0]))
             hidden = (width,) * int(merged.get("hidden_layers", len(default)))
         rate = merged.get("learning_rate")
