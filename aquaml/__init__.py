@@ -4,6 +4,8 @@ Public API (names kept from the reference AquaML)::
 
     from aquaml import DataInfo, RLBaseEnv, GymnasiumEnv, RLBaseModel, RLTaskStarter, SAC, SACParameters
     from aquaml import PPO, PPOParameters, load_policy, save_data, load_data
+    from aquaml import NatsEnv, serve_nats, GymieEnv, serve      # environments across the network
+    from aquaml import tune          # Optuna studies, trials as MPI rank groups (docs/tuning.md)
 
 Names are imported on first use, so ``import aquaml`` (and ``aquaml --help``) does not start
 TensorFlow; the first model, environment spec or starter does.
@@ -29,16 +31,23 @@ _EXPORTS = {
     "RLBaseModel": "aquaml.models.base", "ModelContractError": "aquaml.models.base",
     "SAC": "aquaml.algos", "SAC2": "aquaml.algos", "SACParameters": "aquaml.algos",
     "SAC2_parameter": "aquaml.algos", "PPO": "aquaml.algos", "PPOParameters": "aquaml.algos",
-    "PPO_parameter": "aquaml.algos", "DQN": "aquaml.algos", "DQNParameters": "aquaml.algos",
+    "PPO_parameter": "aquaml.algos", "DQN": "aquaml.algos", "DQNParameters": "aquaml.algos", "algorithm": "aquaml.algos", "register_algorithm": "aquaml.algos",
+    "algorithm_names": "aquaml.algos", "Algorithm": "aquaml.algos", "OffPolicyAlgorithm": "aquaml.algos",
+    "OnPolicyAlgorithm": "aquaml.algos", "RunParameters": "aquaml.algos", "ReplayParameters": "aquaml.algos",
+    "RolloutParameters": "aquaml.algos",
     "allocate_gpu": "aquaml.parallel.devices",
     "RLTaskStarter": "aquaml.run.starter",
     "CheckpointError": "aquaml.run.checkpoint",
-    "default_models": "aquaml.models.defaults",
+    "default_models": "aquaml.algos",
     "export_policy": "aquaml.run.export", "load_policy": "aquaml.run.export",
     "Trajectories": "aquaml.datasets", "record_policy": "aquaml.datasets", "save_data": "aquaml.datasets",
     "load_data": "aquaml.datasets", "trajectories_from_buffer": "aquaml.datasets",
     "behaviour_cloning": "aquaml.datasets",
     "plot_runs": "aquaml.plotting",
+    "NatsEnv": "aquaml.envs.nats_env", "serve_nats": "aquaml.envs.nats_serve",
+    "GymieEnv": "aquaml.envs.gymie_env", "serve": "aquaml.envs.gymie_serve",
+    "RemoteEnvError": "aquaml.envs.nats_link",
+    "tune": "aquaml.tuning", "SpaceError": "aquaml.tuning",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

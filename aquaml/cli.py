@@ -6,13 +6,18 @@
     aquaml eval runs/CartPole-v1_dqn --video cartpole.mp4
     aquaml plot runs/ -o curves.png --y eval/return_mean
     aquaml export runs/Pendulum-v1_sac -o pendulum_policy
+    aquaml serve --port 5000                                 (Gymie's WebSocket API)
+    aquaml serve-nats Pendulum-v1 --subject aquaml.pendulum  (NatsEnv clients)
+    aquaml tune --env CartPole-v1 --algo ppo --space space.yaml --trials 50 --group-size 2 --storage runs/study.log
 
 ``aquaml <command> --help`` documents every flag with its default. ``train --ranks K`` (K > 1)
-starts itself under ``mpiexec -n K``; under ``srun``/``mpirun`` it picks up the ranks it was given.
+starts itself under ``mpiexec -n K``; under ``srun``/``mpirun`` it picks up the ranks it was given
+(``tune`` likewise; its ranks form groups of ``--group-size``).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -21,10 +26,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Any, Sequence
 
-ALGOS = ("sac", "ppo", "dqn")
 #: The progress.csv column ``--plot-every`` draws: the training episodes' mean return per epoch.
 PLOT_COLUMN = "charts/episode_return"
 
@@ -107,13 +110,22 @@ class _HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aquaml", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export,serve,serve-nats,tune}")
     fmt = _HelpFormatter
 
     train = sub.add_parser("train", help="train SAC, PPO or DQN on a gymnasium environment", formatter_class=fmt,
                            allow_abbrev=False)
-    train.add_argument("--env", required=True, help="gymnasium environment id, e.g. Pendulum-v1 (required)")
-    train.add_argument("--algo", choices=ALGOS, default="sac", help="algorithm")
+    train.add_argument("--env", required=True,
+                       help="gymnasium environment id, e.g. Pendulum-v1, or a remote environment URL: "
+                            "nats://host:port/SUBJECT (a serve-nats server; ?protocol=gym-nats for a gym-nats "
+                            "system) or ws://host:port/gym?env=ID (a Gymie server) (required)")
+    train.add_argument("--eval-env", default=None,
+                       help="evaluation environment, same forms as --env (default: copies of --env)")
+    train.add_argument("--algo", default="sac",
+                       help="algorithm by its registered name: sac, ppo, dqn, or one that an --import module registers")
+    train.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first, e.g. one that calls aquaml.register_algorithm (repeatable) "
+                            "(default: none)")
     train.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     train.add_argument("--ranks", type=_positive_int, default=1,
@@ -151,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory (or a policy export directory)")
     ev.add_argument("--episodes", type=_positive_int, default=20, help="episodes to run")
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="episode k is reset with seed + k")
-    ev.add_argument("--env", default=None, help="gymnasium id (default: the one the run was trained on)")
+    ev.add_argument("--env", default=None,
+                    help="gymnasium id or environment URL (default: the one the run was trained on)")
     ev.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     ev.add_argument("--video", default=None, metavar="PATH",
                     help="also render deterministic episodes off-screen to PATH (.mp4 or .gif)")
@@ -173,12 +186,129 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", default="latest",
                         help="'latest' (newest valid checkpoint), 'final' (the policy saved at the end of "
                              "training) or a checkpoint directory")
+    _add_serve_parsers(sub, fmt)
+    _add_tune_parser(sub)
     return parser
+
+
+def _add_serve_parsers(sub: Any, fmt: type) -> None:
+    serve = sub.add_parser("serve", help="serve gymnasium environments over WebSocket with Gymie's API",
+                           formatter_class=fmt, allow_abbrev=False)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; not loopback needs --token-file")
+    serve.add_argument("--port", type=_port, default=5000, help="TCP port (0: any free port)")
+    serve.add_argument("--token-file", default=None,
+                       help="file whose first line is the token clients must send (?token= or a Bearer header) "
+                            "(default: none; also read from $AQUAML_SERVE_TOKEN)")
+    serve.add_argument("--max-instances-per-connection", type=_positive_int, default=64,
+                       help="instances one connection may hold")
+    serve.add_argument("--max-instances", type=_positive_int, default=1024, help="instances over all connections")
+    serve.add_argument("--max-message-bytes", type=_positive_int, default=1 << 20, help="largest message accepted")
+    serve.add_argument("--allow", action="append", default=None, metavar="ENV_ID",
+                       help="an environment id clients may make, repeatable (default: any registered id)")
+    serve.add_argument("--quiet", action="store_true", help="no connection log on stderr")
+
+    nats = sub.add_parser("serve-nats", help="serve an environment to NatsEnv clients over NATS",
+                          formatter_class=fmt, allow_abbrev=False)
+    nats.add_argument("env", help="gymnasium id (e.g. Pendulum-v1) or module:name of an RLBaseEnv class, "
+                                  "instance or factory (the module must be importable)")
+    nats.add_argument("--subject", default="aquaml.env", help="base subject the clients use")
+    nats.add_argument("--url", default="nats://127.0.0.1:4222", help="NATS server")
+    nats.add_argument("--session-timeout", type=_positive_float, default=10.0,
+                      help="seconds without a message after which a client counts as gone")
+    nats.add_argument("--heartbeat", type=_positive_float, default=1.0, help="ping interval asked of clients")
+    nats.add_argument("--max-instances", type=_positive_int, default=256, help="instances over all sessions")
+    nats.add_argument("--user", default=None, help="NATS user (with --password-file)")
+    nats.add_argument("--password-file", default=None, help="file whose first line is the NATS password")
+    nats.add_argument("--token-file", default=None, help="file whose first line is the NATS token")
+    nats.add_argument("--nkey-seed", default=None, help="NKey seed file")
+    nats.add_argument("--credentials", default=None, help="NATS .creds file (JWT and NKey)")
+    nats.add_argument("--quiet", action="store_true", help="no session log on stderr")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_tune_parser(sub: Any) -> None:
+    fmt = _HelpFormatter
+    tune = sub.add_parser("tune", help="tune hyperparameters with Optuna, trials as MPI rank groups (docs/tuning.md)",
+                          formatter_class=fmt, allow_abbrev=False)
+    tune.add_argument("--storage", required=True,
+                      help="journal file of the study (e.g. runs/study.log; shared filesystem, no server) or an "
+                           "Optuna storage URL (required)")
+    tune.add_argument("--study", default=None, help="study name (default: the journal file's name without extension)")
+    tune.add_argument("--run-root", default="runs", help="trials run in <run-root>/<study>/trial_<n>")
+    tune.add_argument("--report", action="store_true",
+                      help="only write the report (best.json, trials.csv, figures) of the study as it is now")
+    tune.add_argument("--env", default=None, help="gymnasium environment id (required unless --report)")
+    tune.add_argument("--algo", default="sac",
+                      help="algorithm by its registered name: sac, ppo, dqn, or one that an --import module registers")
+    tune.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                      help="import MODULE first, e.g. one that calls aquaml.register_algorithm (repeatable) "
+                           "(default: none)")
+    tune.add_argument("--space", default=None, help="search space, a .yaml/.yml/.json file (required unless --report)")
+    tune.add_argument("--trials", type=_positive_int, default=None,
+                      help="trials to complete or prune, counted across restarts (required unless --report)")
+    tune.add_argument("--group-size", type=_positive_int, default=1,
+                      help="ranks per trial (1 optimizer + G-1 workers); the launch's ranks form K groups of G")
+    tune.add_argument("--ranks", type=_positive_int, default=1, help="MPI ranks in all; > 1 relaunches under mpiexec")
+    tune.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                      help="prune trials at evaluations (median, successive halving) or not")
+    tune.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler")
+    tune.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps of every trial")
+    tune.add_argument("--seed", type=_non_negative_int, default=0, help="study seed: trial n trains with seed + n")
+    tune.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
+                      help="fix an algorithm parameter for every trial, repeatable (default: none)")
+    tune.add_argument("--hidden", type=_widths, default=None, help="fixed hidden widths of the default MLPs")
+    tune.add_argument("--learning-rate", type=float, default=None, help="fixed learning rate of every model")
+    tune.add_argument("--eval-interval", type=_non_negative_int, default=None,
+                      help="steps between evaluations, each reported to the pruner (default: the algorithm's)")
+    tune.add_argument("--eval-episodes", type=_positive_int, default=None, help="episodes per evaluation")
+    tune.add_argument("--enqueue", action="append", default=[], metavar="JSON",
+                      help="parameters to try first, as a JSON object, repeatable, once per study (default: none)")
+    tune.add_argument("--sampler-startup", type=_non_negative_int, default=10,
+                      help="TPE: random trials before it models the results")
+    tune.add_argument("--pruner-startup", type=_non_negative_int, default=5,
+                      help="median pruner: trials finished before it prunes")
+    tune.add_argument("--pruner-warmup", type=_non_negative_int, default=0,
+                      help="median pruner: steps of a trial before it may be pruned")
+    tune.add_argument("--heartbeat", type=_positive_int, default=20, help="seconds between a running trial's heartbeats")
+    tune.add_argument("--grace", type=_positive_int, default=60,
+                      help="seconds without a heartbeat after which a trial counts as dead and is queued again")
+    tune.add_argument("--max-retries", type=_non_negative_int, default=3,
+                      help="how often a dead or stopped trial is queued again")
+    tune.add_argument("--max-failures", type=_positive_int, default=None,
+                      help="trials that raised after which the study stops (default: --trials)")
+    tune.add_argument("--threads", type=_positive_int, default=None,
+                      help="TensorFlow threads of each trial's optimizer (default: the node's cores shared out)")
+    tune.add_argument("--checkpoint-interval", type=_non_negative_int, default=None,
+                      help="steps between a trial's checkpoints (default: a tenth of --steps)")
+    tune.add_argument("--no-checkpoint-buffer", action="store_true", help="leave SAC's replay buffer out of checkpoints")
+    tune.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    tune.add_argument("--quiet", action="store_true", help="no console table")
+    tune.add_argument("--verbose-trials", action="store_true", help="also print every trial's progress lines")
 
 
 # --- train -------------------------------------------------------------------------------------
 def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
-    """The algorithm's parameters from the flags; ``--set`` values are parsed by the field's type."""
+    """The algorithm's parameters from the flags; ``--set`` values given as text are parsed by the
+    field's type, other values (``aquaml tune``'s sampled ones) are taken as they are."""
     cls = algo_cls.parameters_class
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {"total_steps": args.steps, "seed": args.seed}
@@ -191,7 +321,7 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
         if key in values:
             raise CLIError(f"--set {key} conflicts with a flag that sets {key} (or is given twice)")
-        values[key] = _parse_value(key, text, getattr(cls(), key))
+        values[key] = _parse_value(key, text, getattr(cls(), key)) if isinstance(text, str) else text
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -228,37 +358,68 @@ def _mpiexec() -> str:
                    "AQUAML_MPIEXEC to your MPI launcher")
 
 
-def make_train_starter(cli: dict[str, Any]):
-    """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
-    from aquaml import DQN, PPO, SAC, RLTaskStarter
-    from aquaml.run.checkpoint import CheckpointError
-    from aquaml.models.defaults import default_models
-    from aquaml.envs.atari import make_env
+def resolve_algorithm(name: str, imports: Sequence[str] = ()) -> type:
+    """The algorithm class registered as ``name``, after importing each of ``imports`` (modules
+    that may register algorithms of their own; found on ``sys.path`` or in the current directory)."""
+    import importlib
 
-    args = argparse.Namespace(**cli)
-    algo_cls = {"sac": SAC, "ppo": PPO, "dqn": DQN}[args.algo]
+    from aquaml.algos.registry import algorithm
+    if imports and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise CLIError(f"--import {module}: {exc}") from None
+    try:
+        return algorithm(name)
+    except ValueError as exc:
+        raise CLIError(f"--algo {name}: {exc}") from None
+
+
+def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluation: Any = None,
+                       abort_on_error: bool = True, config_extra: dict[str, Any] | None = None):
+    """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json).
+
+    ``aquaml tune`` builds each trial through it, on the trial's rank group (``mpi_comm``), with
+    the ``on_evaluation`` and ``abort_on_error`` of RLTaskStarter and more config.json entries.
+    """
+    from aquaml import RLTaskStarter
+    from aquaml.envs.urls import is_env_url, make_env, url_name
+    from aquaml.run.checkpoint import CheckpointError
+
+    args = argparse.Namespace(**{"imports": [], **cli})  # a run from before --import has none
+    algo_cls = resolve_algorithm(args.algo, args.imports)
     params = _parameters(algo_cls, args)
     try:
         probe = make_env(args.env)
-    except Exception as exc:  # noqa: BLE001  (gymnasium raises several kinds for a bad id)
-        raise CLIError(f"--env {args.env}: cannot make this gymnasium environment ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001  (gymnasium and the network raise several kinds)
+        kind = "environment URL" if is_env_url(args.env) else "gymnasium environment"
+        raise CLIError(f"--env {args.env}: cannot make this {kind} ({type(exc).__name__}: {exc})") from None
     hidden = tuple(args.hidden) if args.hidden else None
     try:
         algo_cls.check_action_info(probe.action_info)
     except ValueError as exc:
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
-    models = default_models(args.algo, probe.obs_info, probe.action_info, hidden, args.learning_rate,
-                            dueling=bool(getattr(params, "dueling", False)))
+    try:
+        models = algo_cls.default_models(probe.obs_info, probe.action_info, hidden, args.learning_rate)
+    except NotImplementedError as exc:
+        raise CLIError(f"--algo {args.algo}: {exc}") from None
     probe.close()
+    eval_env = getattr(args, "eval_env", None)
+    # a run name cannot hold a path separator: ALE/Pong-v5 runs as ALE-Pong-v5_dqn
+    name = args.name or f"{url_name(args.env) if is_env_url(args.env) else args.env.replace('/', '-')}_{args.algo}"
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,
-                             name=args.name or f"{args.env.replace('/', '-')}_{args.algo}", run_root=args.run_root,
+                             eval_env=eval_env, name=name, run_root=args.run_root,
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
-                             resume=args.resume, config_extra={"cli": cli})
-    except (ValueError, TypeError, CheckpointError) as exc:  # SpecError and ModelContractError included
-        # a problem found by one rank of an MPI task (see agree_to_start) is printed by that rank
+                             resume=args.resume, config_extra={"cli": cli, **(config_extra or {})},
+                             mpi_comm=mpi_comm, on_evaluation=on_evaluation, abort_on_error=abort_on_error)
+    except (ValueError, TypeError, CheckpointError, ConnectionError, RuntimeError) as exc:  # SpecError,
+        # ModelContractError, RemoteEnvError and StartupError included; a problem found by one rank of
+        # an MPI task (see agree_to_start) is printed by that rank
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}", getattr(exc, "aquaml_startup", None)) from None
 
 
@@ -382,6 +543,98 @@ def _without_ranks(argv: list[str]) -> list[str]:
     return out
 
 
+# --- tune --------------------------------------------------------------------------------------
+def _tune_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """The fixed entries the flags give (``--set``, ``--hidden``, ``--learning-rate``, ``--eval-*``);
+    ``--set`` text is parsed by the field's type, unknown names are refused by the space check."""
+    from aquaml.tuning.space import algorithm_parameters
+    defaults = algorithm_parameters(args.algo)()
+    fixed: dict[str, Any] = {}
+    for key, text in args.set:
+        if key in fixed:
+            raise CLIError(f"--set {key} is given twice")
+        fixed[key] = _parse_value(key, text, getattr(defaults, key, None))
+    flags = (("eval_interval", "--eval-interval", args.eval_interval),
+             ("calculate_episodes", "--eval-episodes", args.eval_episodes),
+             ("hidden", "--hidden", list(args.hidden) if args.hidden else None),
+             ("learning_rate", "--learning-rate", args.learning_rate))
+    for key, flag, value in flags:
+        if value is not None:
+            if key in fixed:
+                raise CLIError(f"{flag} and --set {key} both set {key}; give one")
+            fixed[key] = value
+    return fixed
+
+
+def _enqueued(texts: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for text in texts:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"--enqueue {text!r}: not valid JSON ({exc})") from None
+        if not isinstance(values, dict):
+            raise CLIError(f"--enqueue {text!r}: expected a JSON object of parameter values")
+        out.append(values)
+    return out
+
+
+def _tune_config(args: argparse.Namespace) -> Any:
+    """The TuneConfig the flags describe; every problem is a CLIError before any work starts."""
+    from aquaml.tuning.config import make_config
+    missing = [flag for flag, value in (("--env", args.env), ("--space", args.space), ("--trials", args.trials))
+               if value is None]
+    if missing:
+        raise CLIError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (unless --report)")
+    try:
+        return make_config(args.env, args.algo, args.space, args.trials, args.storage, args.study, _tune_fixed(args),
+                           group_size=args.group_size, steps=args.steps, seed=args.seed, run_root=args.run_root,
+                           pruner=args.pruner, sampler=args.sampler, enqueue=_enqueued(args.enqueue),
+                           sampler_startup_trials=args.sampler_startup, pruner_startup_trials=args.pruner_startup,
+                           pruner_warmup_steps=args.pruner_warmup, heartbeat_interval=args.heartbeat,
+                           grace_period=args.grace, max_retries=args.max_retries, max_failures=args.max_failures,
+                           threads=args.threads, tensorboard=not args.no_tensorboard,
+                           checkpoint_interval=args.checkpoint_interval,
+                           checkpoint_buffer=not args.no_checkpoint_buffer, verbose=not args.quiet,
+                           trial_verbose=args.verbose_trials)
+    except ValueError as exc:  # SpaceError included
+        raise CLIError(str(exc)) from None
+
+
+def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import importlib.util
+    if importlib.util.find_spec("optuna") is None:
+        raise CLIError("tuning needs Optuna: pip install 'aquaml[tune]'")
+    from aquaml.parallel.mpi import launched_ranks
+    from aquaml.tuning.config import default_study_name
+    if args.report:
+        from aquaml.tuning.report import write_report
+        try:
+            name = args.study or default_study_name(args.storage)
+            write_report(args.storage, name, os.path.join(args.run_root, name))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        return 0
+    resolve_algorithm(args.algo, args.imports)  # registers an --import module's algorithms in this process
+    config = _tune_config(args)
+    ranks = args.ranks if args.ranks > 1 else launched_ranks()
+    if ranks % config.group_size:
+        raise CLIError(f"--group-size {config.group_size} does not divide the {ranks} ranks; launch K x "
+                       f"{config.group_size} ranks for K groups")
+    if args.ranks > 1:
+        if launched_ranks() > 1:
+            raise CLIError(f"--ranks {args.ranks} given, but this process was already started as one of "
+                           f"{launched_ranks()} MPI ranks; drop --ranks when launching with srun/mpirun")
+        return subprocess.call([_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "aquaml.cli"]
+                               + _without_ranks(list(argv)))
+    from aquaml.tuning.groups import StudyOpenError, run_study
+    try:
+        run_study(config)
+    except StudyOpenError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
 # --- eval / export -----------------------------------------------------------------------------
 def _config(run: str) -> dict[str, Any]:
     path = os.path.join(run, "config.json")
@@ -392,7 +645,7 @@ def _config(run: str) -> dict[str, Any]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from aquaml.envs.atari import make_env
+    from aquaml.envs.urls import make_env
     from aquaml.run.export import POLICY_JSON, load_policy
     from aquaml.run.video import check_video_path, record_video
     from aquaml.acting.worker import evaluate
@@ -412,7 +665,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env_id = args.env or policy.env_id
     if env_id is None:
         raise CLIError(f"{args.run} was trained on an environment that is not a gymnasium id; pass --env ID")
-    envs = [make_env(env_id) for _ in range(min(args.episodes, 10))]
+    try:
+        first = make_env(env_id)
+    except Exception as exc:  # noqa: BLE001  (gymnasium and the network raise several kinds)
+        raise CLIError(f"--env {env_id}: cannot make this environment ({type(exc).__name__}: {exc})") from None
+    envs = [first] + [copy.deepcopy(first) for _ in range(min(args.episodes, 10, first.max_copies or 10) - 1)]
     for env in envs:  # a recurrent policy's state travels as observation entries
         env.set_recurrent_info(policy.state_info)
     if envs[0].obs_info.select(policy.obs_info.names) != policy.obs_info:
@@ -476,6 +733,58 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- serve / serve-nats --------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aquaml.envs.gymie_serve import serve
+    from aquaml.envs.urls import read_secret
+    try:
+        token = read_secret(args.token_file, "--token-file") if args.token_file else \
+            os.environ.get("AQUAML_SERVE_TOKEN") or None
+        serve(args.host, args.port, token=token, max_instances_per_connection=args.max_instances_per_connection,
+              max_instances=args.max_instances, max_message_bytes=args.max_message_bytes, allowed_envs=args.allow,
+              verbose=not args.quiet)
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def _served_env(spec: str) -> Any:
+    """A gymnasium id, or ``module:name`` of an RLBaseEnv class, instance or factory."""
+    import importlib
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        from aquaml.envs import GymnasiumEnv
+        try:
+            GymnasiumEnv(spec).close()
+        except Exception as exc:  # noqa: BLE001  (gymnasium raises several kinds for a bad id)
+            raise CLIError(f"{spec}: cannot make this gymnasium environment ({type(exc).__name__}: {exc})") from None
+        return spec
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CLIError(f"{spec}: cannot import {attr!r} from {module_name!r} ({exc})") from None
+    return target
+
+
+def cmd_serve_nats(args: argparse.Namespace) -> int:
+    from aquaml.envs.nats_serve import serve_nats
+    from aquaml.envs.urls import read_secret
+    env = _served_env(args.env)
+    try:
+        auth = {"user": args.user, "nkey_seed": args.nkey_seed, "credentials": args.credentials,
+                "password": read_secret(args.password_file, "--password-file") if args.password_file else None,
+                "token": read_secret(args.token_file, "--token-file") if args.token_file else None}
+        serve_nats(env, args.subject, args.url, session_timeout=args.session_timeout, heartbeat=args.heartbeat,
+                   max_instances=args.max_instances, verbose=not args.quiet, **auth)
+    except (ValueError, TypeError, OSError, PermissionError, ConnectionError) as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+_COMMANDS = {"eval": cmd_eval, "plot": cmd_plot, "export": cmd_export, "serve": cmd_serve,
+             "serve-nats": cmd_serve_nats}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -483,11 +792,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, argv)
-        if args.command == "eval":
-            return cmd_eval(args)
-        if args.command == "plot":
-            return cmd_plot(args)
-        return cmd_export(args)
+        if args.command == "tune":
+            return cmd_tune(args, argv)
+        return _COMMANDS[args.command](args)
     except CLIError as exc:
         parser.exit(2, f"aquaml {args.command}: error: {exc}\n" if exc.prints else None)
     return 0

@@ -1,6 +1,7 @@
 """Worker sampling throughput against the raw gymnasium loop, Pendulum-v1, in the same run.
 
     .venv/bin/python benchmarks/worker_throughput.py [--steps 20000] [--rounds 5] [--envs 1 8 32 64]
+    .venv/bin/python benchmarks/worker_throughput.py --finite-check-cost [--rounds 15] [--envs 1 8]
 
 The raw loop steps ``gym.make('Pendulum-v1')`` with ``action_space.sample()``. The aquaml worker
 acts with tutorial1's 256x256 actor as a worker rank does (``algo.host_policy``: the traced act
@@ -11,6 +12,10 @@ TensorFlow instead (``AQUAML_ACT_BACKEND=tensorflow``), for comparison.
 The machine's speed drifts by tens of percent from one second to the next when its host is
 shared, so each round times the raw loop and then every worker configuration, and the ratio is
 taken within the round. Prints each configuration's median ratio over the rounds; target >= 0.5.
+
+``--finite-check-cost`` times each worker also with its NaN/infinity check of every step's rewards
+and observations (``Worker.check_step``) replaced by a no-op, in the same rounds, and prints the
+check's median share of the worker's throughput (target: under 2%).
 """
 import argparse
 import os
@@ -63,6 +68,13 @@ class AquamlWorker:
         for _ in range(20):
             self.worker.step()
 
+    def checks(self, on: bool) -> None:
+        """With or without the worker's check of every step for NaN and infinities."""
+        if on:
+            self.worker.__dict__.pop("check_step", None)
+        else:
+            self.worker.check_step = lambda *args, **kwargs: None
+
     def rate(self, steps: int) -> float:
         worker = self.worker
         start, done = time.perf_counter(), worker.steps
@@ -77,7 +89,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of raw-then-workers timings (default 5)")
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--tf-act", action="store_true", help="act through TensorFlow, not numpy")
+    parser.add_argument("--finite-check-cost", action="store_true",
+                        help="time each worker with and without its NaN/infinity check, in the same rounds")
     args = parser.parse_args()
+    if args.finite_check_cost:
+        return finite_check_cost(args)
     limit_tf_threads(1, 1)
     raw = RawLoop()
     workers = {n: AquamlWorker(n, args.tf_act, args.steps + n) for n in args.envs}
@@ -96,6 +112,28 @@ def main() -> None:
         print(f"worker_throughput act={w.policy.backend} envs_per_worker={n} "
               f"median_steps_per_s={statistics.median(rates[n]):.0f} median_ratio_to_raw={ratio:.2f} "
               f"(rounds: {', '.join(f'{r:.2f}' for r in ratios[n])}) target>=0.5 {'met' if ratio >= 0.5 else 'NOT met'}",
+              flush=True)
+    for w in workers.values():
+        w.store.close()
+
+
+def finite_check_cost(args) -> None:
+    """The NaN/infinity check's share of a worker's steps/s, alternating with and without it."""
+    limit_tf_threads(1, 1)
+    workers = {n: AquamlWorker(n, args.tf_act, args.steps + n) for n in args.envs}
+    costs: dict[int, list[float]] = {n: [] for n in args.envs}
+    for k in range(args.rounds):
+        for n, w in workers.items():
+            timed = {}
+            for on in ((True, False) if k % 2 else (False, True)):  # alternate which goes first
+                w.checks(on)
+                timed[on] = w.rate(args.steps)
+            w.checks(True)
+            costs[n].append(1.0 - timed[True] / timed[False])
+    for n in args.envs:
+        cost = statistics.median(costs[n])
+        print(f"finite_check_cost envs_per_worker={n} median_share_of_throughput={100 * cost:.2f}% "
+              f"(rounds: {', '.join(f'{100 * c:.2f}' for c in costs[n])}) target<2% {'met' if cost < 0.02 else 'NOT met'}",
               flush=True)
     for w in workers.values():
         w.store.close()

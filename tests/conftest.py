@@ -19,3 +19,12 @@ def run_root(tmp_path):
 
 def pytest_configure(config):
     np.set_printoptions(precision=5, suppress=True)
+
+
+@pytest.fixture
+def nats_server():
+    """A real nats-server on a free loopback port, stopped after the test."""
+    from remote_servers import NatsServer
+    server = NatsServer()
+    yield server
+    server.stop()

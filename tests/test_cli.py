@@ -24,7 +24,7 @@ def aquaml(*args, cwd, timeout=300):
 def test_every_flag_of_every_subcommand_documents_its_default():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"train", "eval", "plot", "export"}
+    assert set(subparsers.choices) == {"train", "eval", "plot", "export", "serve", "serve-nats", "tune"}
     for name, sub in subparsers.choices.items():
         text = sub.format_help()
         assert "--help" in text
@@ -39,7 +39,8 @@ def test_every_flag_of_every_subcommand_documents_its_default():
 @pytest.mark.parametrize("argv,message", [
     (["train", "--env", "Pendulum-v1", "--bogus"], "unrecognized arguments: --bogus"),
     (["train", "--env", "Pendulum-v1", "--steps", "-5"], "--steps: expected a positive integer, got -5"),
-    (["train", "--env", "Pendulum-v1", "--algo", "a2c"], "invalid choice: 'a2c'"),
+    (["train", "--env", "Pendulum-v1", "--algo", "nosuch"], "--algo nosuch: unknown algorithm 'nosuch'; registered: "),
+    (["train", "--env", "Pendulum-v1", "--import", "no_such_module"], "--import no_such_module: No module named"),
     (["train", "--env", "Pendulum-v1", "--algo", "dqn"], "DQN needs one Discrete action; this environment's "
                                                          "action is continuous (Box) of shape (1,). Use SAC"),
     (["train", "--env", "Pendulum-v1", "--resume"], "--resume needs --name"),

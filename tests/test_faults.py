@@ -60,20 +60,23 @@ def ended_within(proc, seconds):
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"still running {seconds} s after the fault: {err[-2000:]}")
+        pytest.fail(f"still running {seconds} s after the fault: {(err or '')[-2000:]}")
     return proc.returncode, out, err, time.monotonic() - start
 
 
 # --- pacing --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio", [0.01, 0.05, 1 / 3, 1.0, 4.0])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_the_next_update_is_always_due_before_every_worker_waits(ratio, workers):
-    rate = ReplayRatio(ratio, learning_starts=100, lead=0)
+@pytest.mark.parametrize("interval", [1, 7])
+def test_the_next_burst_is_always_due_before_every_worker_waits(ratio, workers, interval):
     for updates in list(range(0, 40)) + [997, 12345]:
+        rate = ReplayRatio(ratio, learning_starts=100, lead=0, interval=interval)
+        nxt = rate.next_due_steps(updates)
+        assert rate.updates_allowed(nxt) > updates >= rate.updates_allowed(nxt - 1)
+        # the last burst came at the latest one step before the next update was allowed
+        rate.last_burst = nxt - 1
         allowed = rate.steps_allowed(updates, workers)
         assert rate.updates_due(allowed * workers, updates) >= 1  # every worker at its allowance
-        nxt = rate.next_due_steps(updates)
-        assert rate.updates_due(nxt, updates) >= 1 and rate.updates_due(nxt - 1, updates) == 0
 
 
 def test_no_replay_ratio_worker_count_or_node_layout_stalls(tmp_path):
@@ -183,9 +186,12 @@ def test_an_error_on_one_worker_rank_before_start_ends_every_rank_with_its_messa
 
 # --- stopped and stuck workers ------------------------------------------------------------------
 def _start_task(tmp_path, *extra):
-    proc = subprocess.Popen([MPIEXEC, "-n", "3", PYTHON, RUN_TASK, "--run-root", str(tmp_path), "--eval-interval", "0",
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                            cwd=ROOT)
+    """Start run_task.py on 3 ranks; its stderr goes to a file (a pipe nobody reads could fill up and
+    block the ranks); returns the process and each rank's pid."""
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([MPIEXEC, "-n", "3", PYTHON, RUN_TASK, "--run-root", str(tmp_path), "--eval-interval",
+                                 "0", *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(),
+                                cwd=ROOT)
     pids = {}
     for line in proc.stdout:
         m = re.match(r"rank (\d) \w+ pid (\d+) started", line)
@@ -203,8 +209,10 @@ def test_a_signal_to_one_worker_stops_the_whole_job_cleanly(ppo, tmp_path):
     csv_path = os.path.join(tmp_path, "task", "progress.csv")
     wait_for(lambda: os.path.isfile(csv_path) and len(open(csv_path).read().splitlines()) > 1, proc, 180,
              "progress row")
+    assert proc.poll() is None, open(tmp_path / "stderr.txt").read()[-3000:]
     os.kill(pids[2], signal.SIGTERM)
-    code, out, err, took = ended_within(proc, 60)
+    code, out, _, took = ended_within(proc, 60)
+    err = open(tmp_path / "stderr.txt").read()
     assert code == 0, err[-3000:]
     assert took < 20, f"{took:.1f} s from the worker's SIGTERM to exit"
     assert "rank 0 optimizer stopped" in out and "rank 2 worker stopped" in out
@@ -216,7 +224,8 @@ def test_a_stuck_environment_step_aborts_the_job_naming_the_silent_rank(ppo, tmp
     algo = ["--ppo-epochs", "2"] if ppo else []
     proc, _ = _start_task(tmp_path, "--steps", "100000", "--hang-rank", "2", "--hang-at", "300",
                           "--stall-timeout", "5", *algo)
-    code, out, err, took = ended_within(proc, 120)
+    code, out, _, took = ended_within(proc, 120)
+    err = open(tmp_path / "stderr.txt").read()
     hung_at = float(re.search(r"hanging at ([\d.]+)", err).group(1))
     assert code != 0
     assert re.search(r"rank 0 \(optimizer\): Traceback", err), err[-3000:]

@@ -111,7 +111,7 @@ def test_one_compiled_update_matches_hand_computation():
     target_w = {k: sac.targets[k].get_weights() for k in ("qf1", "qf2")}
     q_w = {k: sac.models[k].model.get_weights() for k in ("qf1", "qf2")}
 
-    metrics = dict(zip(sac.metric_names, sac.update(batch).numpy()))
+    metrics = dict(zip(sac.metric_names, sac.update(batch)))
 
     a2, logp2 = _np_policy(actor_w, batch["next_obs"])
     soft = np.minimum(_np_q(target_w["qf1"], batch["next_obs"], a2),
@@ -188,7 +188,7 @@ def test_update_many_equals_that_many_single_updates_and_returns_the_new_actor_w
             b[k] = (b[k] > 1.0).astype(np.float32)
     for a, b in zip(one.actor_weights(), many.actor_weights()):
         np.testing.assert_array_equal(a, b)
-    single = np.stack([one.update(b).numpy() for b in batches])
+    single = np.stack([one.update(b) for b in batches])
     metrics, flat = many.update_many({k: np.stack([b[k] for b in batches]) for k in info.names})
     assert metrics.shape == (3, len(SAC.metric_names))
     np.testing.assert_allclose(metrics, single, rtol=1e-5, atol=1e-6)

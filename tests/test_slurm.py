@@ -261,3 +261,16 @@ def test_script_error_fails_the_job(cluster, tmp_path, variables, message):
     (info,) = cluster.wait(job, timeout=120)
     assert_state(info, "FAILED")
     assert message in job_log(info), f"{message!r} not in the log\n{job_log(info)}"
+
+
+def test_batch_scripts_share_one_source_and_keep_only_their_own_parts():
+    """Every .sbatch sources hpc_jobs/job_common.sh (found from the submit directory, since sbatch
+    runs a copy of the script) and defines none of its shared parts again."""
+    shared = (HPC / "job_common.sh").read_text()
+    for name in ("srun_one_node.sbatch", "mpirun_one_node.sbatch", "multi_node.sbatch", "seed_array.sbatch",
+                 "gpu.sbatch"):
+        text = (HPC / name).read_text()
+        assert 'source "$AQUAML_JOBS_DIR/job_common.sh"' in text and "${SLURM_SUBMIT_DIR:-$PWD}/hpc_jobs" in text
+        assert "aquaml_prepare" in text and re.search(r"^aquaml_run ", text, re.M), name
+        for part in ("forward_term()", "on_term()", "trap on_term TERM", "wait \"$step_pid\"", "source \"$AQUAML_VENV"):
+            assert part in shared and part not in text, f"{name} repeats {part}"

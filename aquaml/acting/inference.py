@@ -409,3 +409,23 @@ class HostPolicy:
         if self._graph is not None:
             return self._graph(*[obs[k] for k in self._names], noise)
         return {k: v.numpy() for k, v in self._concrete({k: obs[k] for k in self._names}, noise).items()}
+
+
+class LivePolicy:
+    """A policy that acts on the learner's own variables (one process, off-policy): ``act`` is the
+    algorithm's TensorFlow act, whose noise generator is part of the algorithm's state, so there
+    is no stream of its own (``rng`` is None) and no weights to take (``sync``/``load`` do nothing)."""
+
+    rng = None
+
+    def __init__(self, act: Callable[[Mapping[str, np.ndarray], bool], dict]) -> None:
+        self._act = act
+
+    def sync(self) -> None:
+        pass
+
+    def load(self, weights: Sequence[np.ndarray]) -> None:
+        pass
+
+    def __call__(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
+        return self._act(obs, deterministic)

@@ -1,8 +1,17 @@
-"""Algorithms (no MPI in here): SAC, PPO, DQN and their parameters."""
-from aquaml.algos.params import PPO_parameter, PPOParameters, SAC2_parameter, SACParameters
+"""Algorithms (no MPI in here): the contract every algorithm fulfils, the registry, SAC, PPO and DQN."""
+from aquaml.algos.base import Algorithm, OffPolicyAlgorithm, OnPolicyAlgorithm
+from aquaml.algos.params import (PPO_parameter, PPOParameters, ReplayParameters, RolloutParameters, RunParameters,
+                                 SAC2_parameter, SACParameters)
 from aquaml.algos.ppo import PPO
+from aquaml.algos.registry import algorithm, algorithm_names, default_models, register_algorithm
 from aquaml.algos.sac import SAC, SAC2
 from aquaml.algos.dqn import DQN, DQNParameters
 
-__all__ = ["SAC", "SAC2", "SACParameters", "SAC2_parameter", "PPO", "PPOParameters", "PPO_parameter", "DQN",
-           "DQNParameters"]
+register_algorithm("sac", SAC)
+register_algorithm("ppo", PPO)
+register_algorithm("dqn", DQN)
+
+__all__ = ["Algorithm", "OffPolicyAlgorithm", "OnPolicyAlgorithm", "RunParameters", "ReplayParameters",
+           "RolloutParameters", "SAC", "SAC2", "SACParameters", "SAC2_parameter", "PPO", "PPOParameters",
+           "PPO_parameter", "DQN", "DQNParameters", "algorithm", "algorithm_names", "default_models",
+           "register_algorithm"]

@@ -1,5 +1,8 @@
 """Algorithm hyperparameters as dataclasses that reject unknown fields.
 
+``RunParameters`` holds what every algorithm has; ``ReplayParameters`` and ``RolloutParameters``
+add their schedule's knobs; an algorithm's class adds its own. The constructors stay flat.
+
 The reference AquaML's names are accepted as aliases so that its tutorial code runs:
 ``SAC2_parameter(epoch_length=200, n_epochs=10, mini_buffer_size=1000, ...)``.
 """
@@ -83,10 +86,118 @@ def _sac_derived(kw: dict) -> dict:
     return kw
 
 
+@dataclasses.dataclass(frozen=True)
+class RunParameters:
+    """What every algorithm's parameters hold: how long to train, where to act, how to report.
+
+    A schedule's knobs are in ``ReplayParameters`` (asynchronous replay) or ``RolloutParameters``
+    (synchronous rounds), an algorithm's own in its class; every field means the same in one
+    process and under MPI unless its documentation says "Under MPI".
+    """
+
+    total_steps: int = 10_000
+    """Environment steps to train for, summed over all workers and environments."""
+    envs_per_worker: int = 1
+    """Environment copies stepped together by each worker (one batched actor call for all)."""
+    eval_interval: int = 1_000
+    """Environment steps between deterministic evaluations (0 disables them)."""
+    calculate_episodes: int = 5
+    """Episodes per evaluation."""
+    display_interval: int = 1
+    """Epochs between progress lines on the console."""
+    stall_timeout: float = 300.0
+    """Under MPI: seconds the optimizer waits on workers that write nothing before it names the
+    silent ranks and aborts the job (a stuck environment step, a lost rank); 0 waits forever."""
+    seed: int = 0
+    """Seed of every random stream (environments, initial weights, sampling, noise)."""
+
+    def __post_init__(self) -> None:
+        _check_ints(self, ("total_steps", "envs_per_worker", "calculate_episodes", "display_interval"),
+                    ("eval_interval", "seed"))
+        _check_stall_timeout(self.stall_timeout)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayParameters(RunParameters):
+    """The asynchronous replay schedule's knobs (``aquaml.schedules.async_replay``): workers store
+    transitions, the learner keeps ``replay_ratio`` gradient updates per environment step."""
+
+    epoch_length: int = 1_000
+    """Environment steps per epoch: one progress line and one progress.csv row per epoch."""
+    buffer_size: int = 1_000_000
+    """Replay capacity in transitions, summed over all worker slices."""
+    learning_starts: int = 1_000
+    """Transitions collected before the first gradient update."""
+    random_steps: int | None = None
+    """Steps taken with uniform random actions at the start; None means ``learning_starts``."""
+    replay_ratio: float = 1.0
+    """Gradient updates per environment step."""
+    update_interval: int = 1
+    """Environment steps between bursts of ``update_interval * replay_ratio`` updates (under MPI:
+    steps summed over the workers; they may run ahead until the next burst is due)."""
+    max_worker_lead: int = 16
+    """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far.
+    The optimizer then trains ``learning_starts`` plus about ``workers * max_worker_lead`` updates
+    behind the step count, where the serial algorithm is ``learning_starts`` behind; 16 keeps that
+    gap small and still leaves the optimizer more than ``updates_per_call`` updates due each call."""
+    weight_sync_interval: int = 1
+    """Under MPI: updates between publications of the actor's weights to the workers (a
+    publication happens at the end of a call, see ``updates_per_call``)."""
+    updates_per_call: int = 8
+    """The most gradient updates the learner runs in one compiled call (fewer when fewer are due).
+    The call's batches are sampled together at its start, and under MPI the weights it publishes
+    come out of the same call. In one process the last update of a step also computes the next
+    action. 1 is one update per call."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ints(self, ("epoch_length", "buffer_size", "update_interval", "weight_sync_interval",
+                           "updates_per_call"), ("learning_starts", "max_worker_lead"))
+        _check(self.random_steps is None or (isinstance(self.random_steps, int) and self.random_steps >= 0),
+               "random_steps", "None or an int >= 0", self.random_steps)
+        _check(self.replay_ratio > 0 and math.isfinite(self.replay_ratio), "replay_ratio",
+               "a finite number > 0", self.replay_ratio)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps with uniform random actions."""
+        return self.learning_starts if self.random_steps is None else self.random_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutParameters(RunParameters):
+    """The synchronous rollout schedule's knobs (``aquaml.schedules.sync_rollouts``): every worker
+    fills a segment of ``rollout_steps`` steps per environment, then the learner trains once."""
+
+    total_steps: int = 100_000
+    """Environment steps to train for, summed over all workers and environments."""
+    rollout_steps: int = 2_048
+    """Steps each environment copy takes per rollout segment (one training round per segment)."""
+    eval_interval: int = 10_000
+    """Environment steps between deterministic evaluations (0 disables them)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ints(self, ("rollout_steps",), ())
+
+    @property
+    def epoch_length(self) -> int:
+        """Steps per logged row: one rollout segment of one worker's environments."""
+        return self.rollout_steps * self.envs_per_worker
+
+    def rounds(self, workers: int) -> int:
+        """Training rounds: whole segments from each of ``workers`` until ``total_steps`` is reached
+        (the last round may overshoot it by less than one round)."""
+        return math.ceil(self.total_steps / (self.rollout_steps * self.envs_per_worker * workers))
+
+
 @with_aliases({"episode_length": "epoch_length", "discount": "gamma", "mini_buffer_size": "learning_starts",
                "n_epochs": "*", "update_times": "*"}, _sac_derived)
 @dataclasses.dataclass(frozen=True)
-class SACParameters:
+class SACParameters(ReplayParameters):
     """Soft Actor-Critic hyperparameters.
 
     Reference names: ``episode_length`` = ``epoch_length``, ``discount`` = ``gamma``,
@@ -95,10 +206,6 @@ class SACParameters:
     ``update_times / update_interval``.
     """
 
-    total_steps: int = 10_000
-    """Environment steps to train for, summed over all workers and environments."""
-    epoch_length: int = 1_000
-    """Environment steps per epoch: one progress line and one progress.csv row per epoch."""
     batch_size: int = 256
     """Transitions per gradient update."""
     gamma: float = 0.99
@@ -113,47 +220,12 @@ class SACParameters:
     """Target policy entropy; None means minus the action dimension."""
     alpha_learning_rate: float = 3e-4
     """Adam learning rate of log(alpha)."""
-    buffer_size: int = 1_000_000
-    """Replay capacity in transitions, summed over all worker slices."""
-    learning_starts: int = 1_000
-    """Transitions collected before the first gradient update."""
-    random_steps: int | None = None
-    """Steps taken with uniform random actions at the start; None means ``learning_starts``."""
-    replay_ratio: float = 1.0
-    """Gradient updates per environment step."""
-    update_interval: int = 1
-    """Environment steps between bursts of ``update_interval * replay_ratio`` updates."""
     log_std_min: float = -20.0
     """Lower clip of the policy's log standard deviation."""
     log_std_max: float = 2.0
     """Upper clip of the policy's log standard deviation."""
     init_log_std: float = 0.0
     """Start value of the learned global log_std, used when the actor outputs none."""
-    eval_interval: int = 1_000
-    """Environment steps between deterministic evaluations (0 disables them)."""
-    calculate_episodes: int = 5
-    """Episodes per evaluation."""
-    display_interval: int = 1
-    """Epochs between progress lines on the console."""
-    envs_per_worker: int = 1
-    """Environment copies stepped together by each worker (one batched actor call for all)."""
-    max_worker_lead: int = 16
-    """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far.
-    The optimizer then trains ``learning_starts`` plus about ``workers * max_worker_lead`` updates
-    behind the step count, where the serial algorithm is ``learning_starts`` behind; 16 keeps that
-    gap small and still leaves the optimizer more than ``updates_per_call`` updates due each call."""
-    weight_sync_interval: int = 1
-    """Under MPI: updates between publications of the actor's weights to the workers (a
-    publication happens at the end of a call, see ``updates_per_call``)."""
-    updates_per_call: int = 8
-    """Under MPI: the most gradient updates the optimizer runs in one compiled call (fewer when
-    fewer are due). The call's batches are sampled together at its start, and the weights it
-    publishes come out of the same call. 1 is one update per call."""
-    stall_timeout: float = 300.0
-    """Under MPI: seconds the optimizer waits on workers that write nothing before it names the
-    silent ranks and aborts the job (a stuck environment step, a lost rank); 0 waits forever."""
-    seed: int = 0
-    """Seed of every random stream (environments, initial weights, sampling, noise)."""
     jit_compile: bool = False
     """Compile the update with XLA (measured: no gain for 256-wide MLPs on CPU, see README)."""
     sequence_length: int = 32
@@ -163,38 +235,24 @@ class SACParameters:
     A batch then holds ``ceil(batch_size / (sequence_length - burn_in))`` sequences."""
 
     def __post_init__(self) -> None:
-        _check_ints(self, ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
-                           "calculate_episodes", "display_interval", "envs_per_worker", "weight_sync_interval",
-                           "updates_per_call", "sequence_length"),
-                    ("learning_starts", "eval_interval", "seed", "max_worker_lead", "burn_in"))
+        super().__post_init__()
+        _check_ints(self, ("batch_size", "sequence_length"), ("burn_in",))
         _check(self.burn_in < self.sequence_length, "burn_in", f"below sequence_length={self.sequence_length}",
                self.burn_in)
-        _check(self.random_steps is None or (isinstance(self.random_steps, int) and self.random_steps >= 0),
-               "random_steps", "None or an int >= 0", self.random_steps)
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
         _check(0.0 < self.tau <= 1.0, "tau", "in (0, 1]", self.tau)
         _check(self.alpha > 0, "alpha", "> 0", self.alpha)
         _check(self.alpha_learning_rate > 0, "alpha_learning_rate", "> 0", self.alpha_learning_rate)
-        _check(self.replay_ratio > 0 and math.isfinite(self.replay_ratio), "replay_ratio",
-               "a finite number > 0", self.replay_ratio)
-        _check_stall_timeout(self.stall_timeout)
         _check(self.log_std_min < self.log_std_max, "log_std_min",
                f"below log_std_max={self.log_std_max}", self.log_std_min)
         _check(self.target_entropy is None or math.isfinite(self.target_entropy), "target_entropy",
                "None or a finite number", self.target_entropy)
 
     @property
-    def warmup_steps(self) -> int:
-        """Steps with uniform random actions."""
-        return self.learning_starts if self.random_steps is None else self.random_steps
-
-    @property
     def sequences_per_batch(self) -> int:
         """Recurrent actors: sequences per update, so that about ``batch_size`` steps carry loss."""
         return -(-self.batch_size // (self.sequence_length - self.burn_in))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 #: The reference AquaML's name for SACParameters.
 SAC2_parameter = SACParameters
@@ -215,7 +273,7 @@ def _ppo_derived(kw: dict) -> dict:
                "epsilon": "clip_range", "entropy_coeff": "ent_coef", "discount": "gamma",
                "batch_advantage_normalization": "normalize_advantage", "n_epochs": "*"}, _ppo_derived)
 @dataclasses.dataclass(frozen=True)
-class PPOParameters:
+class PPOParameters(RolloutParameters):
     """Proximal Policy Optimization hyperparameters.
 
     Reference names: ``epoch_length`` = ``rollout_steps``, ``n_epochs`` sets ``total_steps`` to
@@ -224,12 +282,6 @@ class PPOParameters:
     = ``normalize_advantage``; ``update_actor_times``/``update_critic_times`` keep their names.
     """
 
-    total_steps: int = 100_000
-    """Environment steps to train for, summed over all workers and environments."""
-    rollout_steps: int = 2_048
-    """Steps each environment copy takes per rollout segment (one training round per segment)."""
-    envs_per_worker: int = 1
-    """Environment copies stepped together by each worker (one batched actor call for all)."""
     batch_size: int = 64
     """Samples per minibatch."""
     update_epochs: int = 10
@@ -270,26 +322,14 @@ class PPOParameters:
     """Lower clip of the policy's log standard deviation."""
     log_std_max: float = 2.0
     """Upper clip of the policy's log standard deviation."""
-    eval_interval: int = 10_000
-    """Environment steps between deterministic evaluations (0 disables them)."""
-    calculate_episodes: int = 5
-    """Episodes per evaluation."""
-    display_interval: int = 1
-    """Training rounds between progress lines on the console."""
-    stall_timeout: float = 300.0
-    """Under MPI: seconds the optimizer waits on workers that write nothing before it names the
-    silent ranks and aborts the job (a stuck environment step, a lost rank); 0 waits forever."""
-    seed: int = 0
-    """Seed of every random stream (environments, initial weights, shuffling, sampling)."""
     sequence_length: int = 64
     """Recurrent actors only: steps per training sequence; minibatches then hold
     ``max(1, batch_size // sequence_length)`` sequences."""
 
     def __post_init__(self) -> None:
-        _check_ints(self, ("total_steps", "rollout_steps", "envs_per_worker", "batch_size", "update_epochs",
-                           "update_actor_times", "update_critic_times", "calculate_episodes", "display_interval",
-                           "sequence_length"),
-                    ("eval_interval", "seed"))
+        super().__post_init__()
+        _check_ints(self, ("batch_size", "update_epochs", "update_actor_times", "update_critic_times",
+                           "sequence_length"), ())
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
         _check(0.0 <= self.gae_lambda <= 1.0, "gae_lambda", "in [0, 1]", self.gae_lambda)
         _check(self.clip_range > 0, "clip_range", "> 0", self.clip_range)
@@ -301,29 +341,15 @@ class PPOParameters:
                self.max_grad_norm)
         _check(self.target_kl is None or self.target_kl > 0, "target_kl", "None or > 0", self.target_kl)
         _check(self.obs_clip > 0, "obs_clip", "> 0", self.obs_clip)
-        _check_stall_timeout(self.stall_timeout)
         _check(self.reward_scale > 0 and math.isfinite(self.reward_scale), "reward_scale",
                "a finite number > 0", self.reward_scale)
         _check(self.log_std_min < self.log_std_max, "log_std_min",
                f"below log_std_max={self.log_std_max}", self.log_std_min)
 
     @property
-    def epoch_length(self) -> int:
-        """Steps per logged row: one rollout segment of one worker's environments."""
-        return self.rollout_steps * self.envs_per_worker
-
-    @property
     def sequences_per_batch(self) -> int:
         """Recurrent actors: sequences per minibatch, about ``batch_size`` steps."""
         return max(1, self.batch_size // self.sequence_length)
-
-    def rounds(self, workers: int) -> int:
-        """Training rounds: whole segments from each of ``workers`` until ``total_steps`` is reached
-        (the last round may overshoot it by less than one round)."""
-        return math.ceil(self.total_steps / (self.rollout_steps * self.envs_per_worker * workers))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 #: The reference AquaML's name for PPOParameters.

@@ -17,12 +17,13 @@ start inside it. Values, advantages and the critic stay per step.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from aquaml.algos.base import OnPolicyAlgorithm
 from aquaml.algos.params import PPOParameters
 from aquaml.buffers.rollout import RolloutBuffer
 from aquaml.data import DataInfo, SpecError
@@ -31,8 +32,8 @@ from aquaml.models.distributions import (bernoulli_entropy, bernoulli_log_prob, 
                                          gaussian_log_prob, multi_categorical_entropy, multi_categorical_log_prob,
                                          multi_categorical_sample)
 from aquaml.acting.inference import HostPolicy
-from aquaml.models.base import (ModelContractError, ModelSpec, action_kind, assign_variables, model_state_groups,
-                                read_variables, save_models)
+from aquaml.models.base import ModelContractError, ModelSpec, action_kind, model_state_groups, save_models
+from aquaml.models.defaults import mlp_actor, mlp_critic
 from aquaml.models.normalizer import RunningMeanStd
 from aquaml.models.recurrent import flatten_time, unroll, weighted_mean
 
@@ -98,7 +99,7 @@ def to_sequences(columns: Mapping[str, np.ndarray], done: np.ndarray, length: in
     return out
 
 
-class PPO:
+class PPO(OnPolicyAlgorithm):
     """PPO on an actor (``'actor'``) and a value critic (``'critic'``), or on one shared model.
 
     The actor's ``action`` output is the mean of a diagonal Gaussian (continuous actions; its
@@ -120,7 +121,7 @@ class PPO:
     required_models = ("actor",)
     optional_models = ("critic",)
     critics_take_action = False
-    schedule = "sync"
+    default_hidden = (64, 64)  # CleanRL's and Stable-Baselines3's sizes
     metric_names = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
                     "losses/clip_fraction", "losses/explained_variance", "losses/epochs")
 
@@ -206,6 +207,15 @@ class PPO:
                         f"MultiDiscrete or MultiBinary; this environment's action is "
                         f"{action_info.dtype('action').name} of shape {shape} with "
                         f"{action_info.meta('action') or 'no number of choices'}")
+
+    @classmethod
+    def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
+                       learning_rate: float | None = None) -> dict[str, Any]:
+        """tanh MLPs over every observation name (``default_hidden`` by default): an actor (log_std
+        left to the algorithm's state-independent parameter) and a value critic."""
+        hidden, lr = tuple(hidden or cls.default_hidden), 3e-4 if learning_rate is None else learning_rate
+        return {"actor": mlp_actor(obs_info, action_info, hidden, lr, log_std=False, activation="tanh"),
+                "critic": mlp_critic(obs_info, hidden, lr, takes_action=False, activation="tanh")}
 
     def make_buffer(self, num_slices: int = 1, store: Any = None) -> RolloutBuffer:
         """One rollout segment per worker."""
@@ -323,11 +333,17 @@ class PPO:
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")
         return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
 
+    def export_act(self, obs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The Gaussian mean clipped to [-1, 1] or the most likely choice (observation
+        normalisation included), and a recurrent actor's next state, as TensorFlow ops."""
+        out = self._act(obs, True)
+        return {"action": out["action"], **{n: out[n] for n in self.state_names}}
+
     def host_policy(self, seed: int, numpy: bool | None = None) -> HostPolicy:
         """A policy with ``act``'s signature for code that knows when the weights change (worker
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
         ``seed``, weights (and normalisation statistics) taken at ``sync()``. See ``aquaml.acting.inference``."""
-        return HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(), self.set_actor_weights,
+        return HostPolicy(self._act_given_noise, seed, numpy, self.actor_weight_variables(), self.set_actor_weights,
                           gumbel=self.discrete)
 
     def values(self, obs: Mapping[str, np.ndarray], chunk: int = 8192) -> np.ndarray:
@@ -530,18 +546,10 @@ class PPO:
         return sums, count, epochs
 
     # --- weights -------------------------------------------------------------------------------
-    def _actor_weight_variables(self) -> list:
-        """The variables behind ``actor_weights()``, in its order."""
+    def actor_weight_variables(self) -> list:
+        """What acting needs: actor weights, the global log_std if any, the observation statistics."""
         return (list(self.actor.model.weights) + ([] if self.log_std is None else [self.log_std])
                 + [v for n in self.norm_names for v in (self.norm_mean[n], self.norm_var[n])])
-
-    def actor_weights(self) -> list[np.ndarray]:
-        """What acting needs: actor weights, the global log_std if any, the observation statistics."""
-        return read_variables(self._actor_weight_variables())
-
-    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
-        """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
-        assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.run.checkpoint``)."""

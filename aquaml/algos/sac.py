@@ -10,18 +10,20 @@ Batch layout (from ``transition_info``): every observation name, the same names 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from aquaml.algos.base import OffPolicyAlgorithm
 from aquaml.algos.params import SACParameters
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.models.distributions import squashed_gaussian_sample
 from aquaml.acting.inference import HostPolicy
-from aquaml.models.base import ModelSpec, assign_variables, model_state_groups, read_variables, save_models
+from aquaml.models.base import ModelSpec, model_state_groups, save_models
+from aquaml.models.defaults import mlp_actor, mlp_critic
 from aquaml.models.recurrent import flatten_time, sequence_mask, unroll, weighted_mean
 
 
@@ -32,7 +34,7 @@ def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
             .add_info(("reward", "terminated", "truncated"), ((), (), ()), np.float32))
 
 
-class SAC:
+class SAC(OffPolicyAlgorithm):
     """Soft Actor-Critic on an actor (``'actor'``) and twin critics (``'qf1'``, ``'qf2'``).
 
     The actor's ``action`` output is the mean of a Gaussian before tanh squashing. Its ``log_std``
@@ -50,9 +52,10 @@ class SAC:
     required_models = ("actor", "qf1", "qf2")
     optional_models: tuple[str, ...] = ()
     critics_take_action = True
-    schedule = "async"
     metric_names = ("losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha",
                     "losses/entropy", "losses/qf_values")
+    console_metrics = (("losses/qf_loss", "qf_loss", ".3g"), ("losses/alpha", "alpha", ".3g"))
+    default_hidden = (256, 256)  # the paper's sizes
 
     def __init__(self, models: Mapping[str, ModelSpec], obs_info: DataInfo, action_info: DataInfo,
                  params: SACParameters) -> None:
@@ -116,15 +119,20 @@ class SAC:
                             f"{action_info.dtype('action').name} of shape {action_info.shape('action')}. "
                             "Use PPO for discrete actions.")
 
+    @classmethod
+    def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
+                       learning_rate: float | None = None) -> dict[str, Any]:
+        """MLPs over every observation name (``default_hidden`` ReLU layers by default): an actor
+        with a state-dependent ``log_std`` and twin Q critics."""
+        hidden, lr = tuple(hidden or cls.default_hidden), 3e-4 if learning_rate is None else learning_rate
+        return {"actor": mlp_actor(obs_info, action_info, hidden, lr, log_std=True),
+                "qf1": mlp_critic(obs_info, hidden, lr, takes_action=True),
+                "qf2": mlp_critic(obs_info, hidden, lr, takes_action=True)}
+
     def make_buffer(self, num_slices: int = 1, store: Any = None) -> ReplayBuffer:
         """The replay memory, one slice per worker, ``buffer_size`` transitions in all."""
         return ReplayBuffer(self.batch_info, self.params.buffer_size, num_slices, store,
                             stride=self.params.envs_per_worker)
-
-    def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One update's batch: ``batch_size`` transitions, or for a recurrent actor
-        ``sequences_per_batch`` sequences of ``sequence_length`` steps."""
-        return {k: v[0] for k, v in self.sample_many(buffer, rng, 1).items()}
 
     def check_workers(self, num_workers: int) -> None:
         """Raise ValueError when the first update could find no whole sequence to replay."""
@@ -211,11 +219,16 @@ class SAC:
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")
         return {k: v.numpy() for k, v in fn({n: obs[n] for n in self.actor.input_names}).items()}
 
+    def export_act(self, obs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """``tanh(mean)`` and a recurrent actor's next state, as TensorFlow ops."""
+        out = self._act(obs, True)
+        return {"action": out["action"], **{n: out[n] for n in self.state_names}}
+
     def host_policy(self, seed: int, numpy: bool | None = None) -> HostPolicy:
         """A policy with ``act``'s signature for code that knows when the weights change (worker
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
         ``seed``, weights taken at ``sync()``. See ``aquaml.acting.inference``."""
-        return HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(), self.set_actor_weights)
+        return HostPolicy(self._act_given_noise, seed, numpy, self.actor_weight_variables(), self.set_actor_weights)
 
     def _compiled(self, name: str):
         fn = self._concrete.get(name)
@@ -328,9 +341,9 @@ class SAC:
         self._update_targets()
         return tf.stack([qf_loss, pi_loss, a_loss, alpha, -weighted_mean(log_prob, mask), weighted_mean(q1, mask)])
 
-    def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
+    def update(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
         """One gradient step on every network; returns the metrics in ``metric_names`` order."""
-        return self._compiled("update")(batch)
+        return self._compiled("update")(batch).numpy()
 
     def update_many(self, batches: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``k`` gradient steps in one compiled call, one per leading index of ``batches`` (as
@@ -348,7 +361,7 @@ class SAC:
         metrics = tf.TensorArray(tf.float32, size=count)
         for i in tf.range(count):
             metrics = metrics.write(i, self._update_step({n: b[i] for n, b in batches.items()}))
-        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in self._actor_weight_variables()], 0)
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in self.actor_weight_variables()], 0)
         return metrics.stack(), flat
 
     def sample_many(self, buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
@@ -362,27 +375,19 @@ class SAC:
             batch = buffer.sample(n * count, rng)
         return {k: v.reshape((count, n) + v.shape[1:]) for k, v in batch.items()}
 
-    def update_and_act(self, batch: Mapping[str, np.ndarray], obs: Mapping[str, np.ndarray]) -> tuple[tf.Tensor, dict]:
+    def update_and_act(self, batch: Mapping[str, np.ndarray], obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         """``update(batch)`` then ``act(obs)`` with the new weights, in one compiled call.
 
         In one process every step both trains and acts; one call instead of two saves
         TensorFlow's per-call overhead (about 0.4 ms here, 4% of a 256x256 update).
         """
         metrics, out = self._compiled("update_act")(batch, {n: obs[n] for n in self.actor.input_names})
-        return metrics, {k: v.numpy() for k, v in out.items()}
+        return metrics.numpy(), {k: v.numpy() for k, v in out.items()}
 
     # --- weights -------------------------------------------------------------------------------
-    def _actor_weight_variables(self) -> list:
-        """The variables behind ``actor_weights()``, in its order."""
-        return list(self.actor.model.weights) + ([] if self.log_std is None else [self.log_std])
-
-    def actor_weights(self) -> list[np.ndarray]:
+    def actor_weight_variables(self) -> list:
         """What acting needs: the actor's weights, plus the global log_std when the actor has none."""
-        return read_variables(self._actor_weight_variables())
-
-    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
-        """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
-        assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
+        return list(self.actor.model.weights) + ([] if self.log_std is None else [self.log_std])
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.run.checkpoint``)."""
@@ -393,13 +398,6 @@ class SAC:
         if self.log_std is not None:
             groups["log_std"] = [self.log_std]
         return groups
-
-    def extra_state(self) -> dict[str, Any]:
-        """State that is not a variable (none for SAC)."""
-        return {}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        pass
 
     def save(self, directory: str) -> None:
         """Write every model's weights (``<key>.weights.h5``) and ``sac_state.npz``, each atomically."""

@@ -122,6 +122,10 @@ class RLBaseEnv(abc.ABC):
             obs = {**obs, **{n: np.asarray(action_dict[n]) for n in recurrent.names}}
         return obs
 
+    #: How many copies of this environment a task may step (worker copies and evaluation copies
+    #: together); None: any number. An environment that stands for one physical system says 1.
+    max_copies: int | None = None
+
     @abc.abstractmethod
     def reset(self) -> dict:
         """Start an episode; return the first observation dict."""
@@ -129,6 +133,26 @@ class RLBaseEnv(abc.ABC):
     @abc.abstractmethod
     def step(self, action_dict: dict) -> tuple:
         """Apply ``action_dict``; return ``(obs, reward_dict, terminated, truncated, info)``."""
+
+    def send_step(self, action_dict: dict) -> None:
+        """First half of a step: hand over the action; ``receive_step`` returns the result.
+
+        A worker sends every environment's action before it receives any result, so remote
+        environments can send them in one message or overlap their round trips (as
+        Stable-Baselines3's ``step_async``/``step_wait``). The default keeps the action and steps
+        in ``receive_step``, which is ``step`` for a local environment.
+        """
+        self.__dict__["_sent_action"] = action_dict
+
+    def receive_step(self) -> tuple:
+        """Second half of a step: the result of the action given to ``send_step``.
+
+        Raises:
+            RuntimeError: no action was sent since the last ``receive_step``.
+        """
+        if "_sent_action" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.receive_step() without send_step()")
+        return self.step(self.__dict__.pop("_sent_action"))
 
     def close(self) -> None:
         """Release resources (default: nothing)."""

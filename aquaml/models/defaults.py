@@ -1,8 +1,9 @@
 """Default models for any environment: MLP actors and critics sized from the DataInfo specs.
 
-What ``aquaml train --env ID`` uses, and a quick start in Python::
+Algorithms build their default ``model_class_dict`` from these (``Algorithm.default_models``);
+what ``aquaml train --env ID`` uses, and a quick start in Python::
 
-    models = default_models("sac", starter_env.obs_info, starter_env.action_info)
+    models = aquaml.default_models("sac", env.obs_info, env.action_info)
 
 Every observation name is encoded (``aquaml.models.cnn``: uint8 images through the Nature-DQN
 trunk, discrete entries one-hot, the rest flattened) and concatenated; continuous actors output the
@@ -20,10 +21,6 @@ import tensorflow as tf
 from aquaml.data import DataInfo
 from aquaml.models.base import RLBaseModel, actor_action_shape
 from aquaml.models.cnn import ObservationEncoder, input_spec
-
-#: Hidden layer widths by algorithm: SAC's paper sizes, PPO's (CleanRL/SB3) sizes, DQN's
-#: (rl-baselines3-zoo's for CartPole, Acrobot and LunarLander).
-DEFAULT_HIDDEN = {"sac": (256, 256), "ppo": (64, 64), "dqn": (256, 256)}
 
 
 class _Body(RLBaseModel):
@@ -127,32 +124,51 @@ class QNetwork(_Body):
         return (self.q(x),) if self.value is None else (self.q(x), self.value(x))
 
 
-def default_models(algo: str, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
-                   learning_rate: float | None = None, dueling: bool = False) -> dict[str, Callable[[], RLBaseModel]]:
-    """``model_class_dict`` for ``algo`` ('sac', 'ppo' or 'dqn'): zero-argument factories of
-    dense models on encoded inputs (see ``aquaml.models.cnn``); ``dueling`` gives DQN's
-    Q-network a state-value head.
-
-    Raises:
-        ValueError: unknown algorithm or a hidden width that is not a positive int.
-    """
-    algo = algo.lower()
-    if algo not in DEFAULT_HIDDEN:
-        raise ValueError(f"algo must be one of {sorted(DEFAULT_HIDDEN)}, got {algo!r}")
-    hidden = tuple(DEFAULT_HIDDEN[algo] if hidden is None else hidden)
+def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
+    hidden = tuple(hidden)
     if not hidden or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w <= 0 for w in hidden):
         raise ValueError(f"hidden must be positive layer widths such as (256, 256), got {hidden!r}")
-    names = tuple(obs_info.names)
-    specs = [input_spec(obs_info.shape(n), obs_info.dtype(n), obs_info.meta(n)) for n in names]
-    shape = actor_action_shape(action_info)
-    if algo == "dqn":
-        lr = 1e-4 if learning_rate is None else learning_rate  # Stable-Baselines3's default for DQN
-        return {"actor": lambda: QNetwork(names, shape[0], hidden, dueling, lr, input_specs=specs)}
-    if algo == "sac":
-        lr = 3e-4 if learning_rate is None else learning_rate
-        return {"actor": lambda: MLPActor(names, shape, hidden, True, lr, input_specs=specs),
-                "qf1": lambda: MLPCritic(names, hidden, True, lr, input_specs=specs),
-                "qf2": lambda: MLPCritic(names, hidden, True, lr, input_specs=specs)}
-    lr = 3e-4 if learning_rate is None else learning_rate
-    return {"actor": lambda: MLPActor(names, shape, hidden, False, lr, activation="tanh", input_specs=specs),
-            "critic": lambda: MLPCritic(names, hidden, False, lr, activation="tanh", input_specs=specs)}
+    return hidden
+
+
+def _input_specs(obs_info: DataInfo) -> list[dict]:
+    """How each observation name is encoded (``aquaml.models.cnn.input_spec``)."""
+    return [input_spec(obs_info.shape(n), obs_info.dtype(n), obs_info.meta(n)) for n in obs_info.names]
+
+
+def mlp_actor(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], learning_rate: float,
+              log_std: bool, activation: str = "relu") -> Callable[[], RLBaseModel]:
+    """A factory of MLP actors over every observation name: the action's mean (or a discrete
+    action's logits, see ``actor_action_shape``), and a state-dependent ``log_std`` if asked.
+
+    Raises:
+        ValueError: a hidden width is not a positive int.
+    """
+    names, shape, hidden = tuple(obs_info.names), actor_action_shape(action_info), _check_hidden(hidden)
+    specs = _input_specs(obs_info)
+    return lambda: MLPActor(names, shape, hidden, log_std, learning_rate, activation=activation, input_specs=specs)
+
+
+def mlp_critic(obs_info: DataInfo, hidden: Sequence[int], learning_rate: float, takes_action: bool,
+               activation: str = "relu") -> Callable[[], RLBaseModel]:
+    """A factory of MLP critics over every observation name: Q(obs, action) or V(obs).
+
+    Raises:
+        ValueError: a hidden width is not a positive int.
+    """
+    names, hidden = tuple(obs_info.names), _check_hidden(hidden)
+    specs = _input_specs(obs_info)
+    return lambda: MLPCritic(names, hidden, takes_action, learning_rate, activation=activation, input_specs=specs)
+
+
+def q_network(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], learning_rate: float,
+              dueling: bool = False) -> Callable[[], RLBaseModel]:
+    """A factory of DQN Q-networks over every observation name: one Q-value per choice of a
+    Discrete action (``action``), and with ``dueling`` a state value (``value``).
+
+    Raises:
+        ValueError: a hidden width is not a positive int.
+    """
+    names, hidden, specs = tuple(obs_info.names), _check_hidden(hidden), _input_specs(obs_info)
+    num_actions = actor_action_shape(action_info)[0]
+    return lambda: QNetwork(names, num_actions, hidden, dueling, learning_rate, input_specs=specs)

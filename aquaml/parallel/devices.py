@@ -47,9 +47,10 @@ def default_optimizer_threads(workers_on_node: int) -> int:
     over, but at least two when it may run on two cores.
 
     Two is the floor because the inter-op pool runs the independent parts of an update side by side
-    (SAC's critics, its target and its actor): 204 against 127 updates/s for tutorial1's networks on
-    this project's 2-core machine. Workers rarely need their core at the same time: SAC's replay
-    ratio holds them back while the optimizer computes, and PPO's workers wait while it trains.
+    (an off-policy update's twin critics, its target and its actor): 204 against 127 updates/s for
+    tutorial1's networks on this project's 2-core machine. Workers rarely need their core at the same
+    time: the replay ratio holds asynchronous workers back while the optimizer computes, and
+    synchronous workers wait while it trains a round.
     """
     cores = usable_cores()
     return max(min(2, cores), cores - workers_on_node)

@@ -45,7 +45,7 @@ def mpi() -> Any:
 class Backoff:
     """Sleeps for a wait that may be long: from ``POLL_SECONDS``, doubling up to ``MAX_POLL_SECONDS``.
 
-    Each wake-up costs some CPU, so a rank that waits seconds for a PPO round should wake less
+    Each wake-up costs some CPU, so a rank that waits seconds for a training round should wake less
     often than one waiting a millisecond for the next transition; ``reset()`` once the wait is over.
     """
 

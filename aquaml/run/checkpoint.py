@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from aquaml.buffers.replay import ReplayBuffer
 from aquaml.storage import replace_dir
 
 MANIFEST = "MANIFEST.json"
@@ -273,3 +274,38 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_di
     if problems:
         raise CheckpointError(f"cannot resume {run_dir}: this task differs from the one checkpointed "
                               "(only " + ", ".join(RESUMABLE_CHANGES) + " may change):\n  " + "\n  ".join(problems))
+
+
+class TaskCheckpoints:
+    """A task's checkpoint sink (``aquaml.schedules.context.CheckpointSink``): what the learner
+    hands over, plus the algorithm's variables and other state, the progress bookkeeping and
+    (with ``keep_buffer``) the replay buffer, written by ``checkpointer``.
+
+    Args:
+        checkpointer: the run directory's Checkpointer.
+        algo: the algorithm (``state_groups``, ``extra_state``).
+        progress: the run's Progress.
+        ranks: the task's rank count (a resume must have the same).
+        keep_buffer: include a replay buffer (an on-policy rollout buffer is never kept).
+    """
+
+    def __init__(self, checkpointer: Checkpointer, algo: Any, progress: Any, ranks: int, keep_buffer: bool) -> None:
+        self.checkpointer, self.algo, self.progress = checkpointer, algo, progress
+        self.ranks, self.keep_buffer = ranks, keep_buffer
+
+    def save(self, step: int, learner: Mapping[str, Any], workers: list, buffer: Any,
+             counts: np.ndarray | None = None) -> str:
+        state = {"step": int(step), "ranks": self.ranks, "loop": dict(learner), "progress": self.progress.state_dict(),
+                 "algo": self.algo.extra_state(), "workers": list(workers)}
+        replay = (buffer, counts) if self.keep_buffer and isinstance(buffer, ReplayBuffer) else None
+        return self.checkpointer.save(step, variables_state(self.algo.state_groups()), state, replay)
+
+    def restore(self, restored: tuple[dict, dict], buffer: Any) -> tuple[dict, list]:
+        arrays, state = restored
+        load_variables_state(self.algo.state_groups(), arrays)
+        self.algo.load_extra_state(state["algo"])
+        self.progress.load_state_dict(state["progress"])
+        path = os.path.join(self.checkpointer.path(state["step"]), "replay.h5")
+        if isinstance(buffer, ReplayBuffer) and os.path.exists(path):
+            load_replay(path, buffer)
+        return state["loop"], state["workers"]

@@ -35,17 +35,12 @@ def export_policy(algo: Any, path: str, env_id: str | None = None) -> str:
     """Write ``algo``'s deterministic policy to the directory ``path`` (replaced whole, atomically).
 
     Args:
-        algo: a trained SAC or PPO (``starter.algo``).
+        algo: a trained algorithm (``starter.algo``): its ``export_act`` is what the policy runs.
         path: the export directory.
         env_id: the gymnasium id the policy was trained on, recorded for ``aquaml eval``.
     """
     obs_info = algo.obs_info.select(algo.actor.input_names)
-    state_names = algo.actor.state_info.names  # a recurrent actor also returns its next state
-
-    def deterministic(obs):
-        out = algo._act(obs, True)
-        return {"action": out["action"], **{n: out[n] for n in state_names}}
-    act = tf.function(deterministic, input_signature=[obs_info.tensor_specs()])
+    act = tf.function(algo.export_act, input_signature=[obs_info.tensor_specs()])
     concrete = act.get_concrete_function()
     module = tf.Module()
     module.act = act

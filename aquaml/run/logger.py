@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Mapping, TextIO
+from typing import Mapping, Sequence, TextIO
 
 import numpy as np
 import tensorflow as tf
@@ -95,14 +95,14 @@ class RunLogger:
                         tf.summary.scalar(k, v)
             self._writer.flush()
 
-    def display(self, step: int, row: Mapping[str, float]) -> None:
-        """Print one progress line: where the run is, how it is doing, how long it has left."""
+    def display(self, step: int, row: Mapping[str, float], metrics: Sequence[tuple[str, str, str]] = ()) -> None:
+        """Print one progress line: where the run is, how it is doing (returns, the algorithm's
+        ``(metric, label, format)`` ``metrics``, speed), how long it has left."""
         elapsed = time.perf_counter() - self.start
         frac = step / max(self.total_steps, 1)
         parts = [f"[{self.name}] step {step}/{self.total_steps} ({100 * frac:.0f}%)"]
         for key, label, fmt in (("charts/episode_return", "return", ".1f"), ("eval/return_mean", "eval", ".1f"),
-                                ("losses/qf_loss", "qf_loss", ".3g"), ("losses/alpha", "alpha", ".3g"),
-                                ("charts/SPS", "sps", ".0f")):
+                                *metrics, ("charts/SPS", "sps", ".0f")):
             value = row.get(key, float("nan"))
             if not (isinstance(value, float) and math.isnan(value)):
                 parts.append(f"{label} {value:{fmt}}")

@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aquaml.data import NonFiniteError
-from aquaml.run.logger import RunLogger
 from aquaml.acting.worker import evaluate
+from aquaml.data import NonFiniteError
+from aquaml.parallel.failure import StopRequest
+from aquaml.run.logger import RunLogger
+
+#: The stop reason of a task that its ``on_evaluation`` callback asked to stop.
+EVALUATION_STOP = "its on_evaluation callback"
 
 
 #: Console lines come at most this often (short on-policy rounds would otherwise flood it);
@@ -17,19 +21,64 @@ from aquaml.acting.worker import evaluate
 MIN_DISPLAY_SECONDS = 2.0
 
 
+class Evaluator:
+    """Deterministic evaluation of the current policy: ``episodes`` episodes on ``envs`` (side by
+    side, one batched policy call per step), episode ``k`` reset with ``seed + k`` so that every
+    evaluation sees the same starts. The policy (``make_policy()``, a HostPolicy) is built on first
+    use and synced before each evaluation, so its weights are fixed for the whole of it."""
+
+    def __init__(self, envs: Sequence[Any], obs_info: Any, make_policy: Callable[[], Any], episodes: int,
+                 seed: int) -> None:
+        self.envs, self.obs_info, self.episodes, self.seed = list(envs), obs_info, episodes, seed
+        self._make_policy, self._policy = make_policy, None
+
+    @property
+    def policy(self) -> Any:
+        if self._policy is None:
+            self._policy = self._make_policy()
+        return self._policy
+
+    def __call__(self) -> dict[str, float]:
+        policy = self.policy
+        policy.sync()
+        return evaluate(self.envs, self.obs_info, policy, self.episodes, seed=self.seed)
+
+
 class Progress:
     """Epoch bookkeeping shared by every schedule: evaluation when due, one logged row per epoch.
 
     Callers report finished episodes and update metrics as they come, and call ``advance`` with
-    the environment-step and update counts after each unit of work.
+    the environment-step and update counts after each unit of work. After each evaluation
+    ``on_evaluation(step, stats)`` is called, if given, with the evaluation's scheduled step (the
+    multiple of ``eval_interval`` that came due, which an MPI run may have passed by a few steps,
+    so that runs compare at the same steps; the step count for the final one); when it returns
+    True before the final evaluation, ``stop`` is asked to stop the run (as a SIGTERM would: the
+    schedule stops every rank at its next clean point and checkpoints).
+
+    Args:
+        params: the run's parameters (``epoch_length``, ``eval_interval``, ``total_steps``,
+            ``display_interval``).
+        metric_names: what each update reports, in order.
+        logger: where rows go.
+        evaluate: runs an evaluation and returns its statistics (``Evaluator``).
+        verbose: print progress lines.
+        console_metrics: ``(metric, label, format)`` shown on each line besides returns and speed.
+        on_evaluation: the callback above (``aquaml tune`` reports to Optuna and prunes through it).
+        stop: what a True from ``on_evaluation`` asks to stop.
     """
 
-    def __init__(self, starter: Any, logger: RunLogger) -> None:
-        self.s, self.logger, self.p = starter, logger, starter.params
+    def __init__(self, params: Any, metric_names: Sequence[str], logger: RunLogger,
+                 evaluate: Callable[[], dict[str, float]], verbose: bool = True,
+                 console_metrics: Sequence[tuple[str, str, str]] = (),
+                 on_evaluation: Callable[[int, dict[str, float]], bool | None] | None = None,
+                 stop: StopRequest | None = None) -> None:
+        self.p, self.logger, self.evaluate, self.verbose = params, logger, evaluate, verbose
+        self.metric_names, self.console_metrics = tuple(metric_names), tuple(console_metrics)
+        self.on_evaluation, self.stop = on_evaluation, stop
         self.next_epoch, self.next_eval = self.p.epoch_length, self.p.eval_interval or math.inf
         self.final: dict[str, float] = {}
         self._episodes: list = []
-        self._metric_sum = np.zeros(len(starter.algo.metric_names))
+        self._metric_sum = np.zeros(len(self.metric_names))
         self._metric_count = 0
         self._epoch_start = (time.perf_counter(), 0, 0)
         self._last_display = -math.inf
@@ -60,7 +109,7 @@ class Progress:
         """
         metrics = np.atleast_2d(metrics)
         if not np.isfinite(metrics).all():
-            bad = [name for name, ok in zip(self.s.algo.metric_names, np.isfinite(metrics).all(axis=0)) if not ok]
+            bad = [name for name, ok in zip(self.metric_names, np.isfinite(metrics).all(axis=0)) if not ok]
             raise NonFiniteError(f"training diverged: {', '.join(bad)} became non-finite (the last updates' "
                                  f"metrics: {metrics[-1].tolist()}); stopped before these weights were published "
                                  "or checkpointed, so the newest checkpoint is from before")
@@ -69,15 +118,22 @@ class Progress:
 
     def advance(self, steps: int, updates: int, finished: bool = False) -> None:
         """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""
-        evaluation = {}
+        evaluation, scheduled = {}, steps
         if steps >= self.next_eval or finished:
-            evaluation = self.final = evaluate_policy(self.s, self.p.calculate_episodes)
+            evaluation = self.final = self.evaluate()
             while self.next_eval <= steps:
+                scheduled = self.next_eval
                 self.next_eval += self.p.eval_interval or math.inf
+            if finished:
+                scheduled = steps
         if steps >= self.next_epoch or finished or evaluation:
             self._end_epoch(steps, updates, evaluation, display=steps >= self.next_epoch or finished)
             while self.next_epoch <= steps:
                 self.next_epoch += self.p.epoch_length
+        callback = self.on_evaluation
+        if evaluation and callback is not None and callback(scheduled, evaluation) and not finished \
+                and self.stop is not None:
+            self.stop.request(EVALUATION_STOP)
 
     def _end_epoch(self, steps: int, updates: int, evaluation: dict[str, float], display: bool) -> None:
         now = time.perf_counter()
@@ -87,13 +143,13 @@ class Progress:
                                  "charts/UPS": (updates - updates0) / max(now - t0, 1e-9)}
         row.update(episode_row(self._episodes))
         means = self._metric_sum / self._metric_count if self._metric_count else np.full_like(self._metric_sum, np.nan)
-        row.update({k: float(v) for k, v in zip(self.s.algo.metric_names, means)})
+        row.update({k: float(v) for k, v in zip(self.metric_names, means)})
         row.update(evaluation or {k: float("nan") for k in EVAL_KEYS})
         self.logger.write(steps, row)
         epoch = steps // self.p.epoch_length
         due = epoch % self.p.display_interval == 0 and now - self._last_display >= MIN_DISPLAY_SECONDS
-        if self.s.verbose and display and (due or evaluation or steps >= self.p.total_steps):
-            self.logger.display(steps, row)
+        if self.verbose and display and (due or evaluation or steps >= self.p.total_steps):
+            self.logger.display(steps, row, self.console_metrics)
             self._last_display = now
         self._episodes, self._metric_count = [], 0
         self._metric_sum[:] = 0
@@ -115,10 +171,3 @@ def episode_row(episodes: list) -> dict[str, float]:
         if key != "total_reward":
             row[f"charts/reward/{key}"] = float(np.mean([e.rewards.get(key, 0.0) for e in episodes]))
     return row
-
-
-def evaluate_policy(starter: Any, episodes: int) -> dict[str, float]:
-    """Deterministic evaluation of the starter's current policy on its evaluation environment."""
-    policy = starter.eval_policy
-    policy.sync()  # the weights as they are now, fixed for the whole evaluation
-    return evaluate(starter.eval_envs, starter.obs_info, policy, episodes, seed=starter.params.seed + 1_000_003)

@@ -18,26 +18,27 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aquaml.algos.sac import SAC
-from aquaml.buffers.replay import ReplayBuffer
-from aquaml.run.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state, next_due,
-                               variables_state)
+from aquaml.algos.base import Algorithm
+from aquaml.algos.registry import algorithm
 from aquaml.data import DataInfo
 from aquaml.envs import GymnasiumEnv, RLBaseEnv
 from aquaml.envs.atari import make_env
-from aquaml.run.export import export_policy
-from aquaml.run.logger import RunLogger
+from aquaml.envs.urls import is_env_url, url_factory
 from aquaml.models.base import build_models
+from aquaml.models.recurrent import with_recurrent
 from aquaml.parallel.devices import default_optimizer_threads, limit_tf_threads
 from aquaml.parallel.failure import (DEFERRED, StopRequest, agree_to_start, install_abort_hook, install_startup_hook,
                                      mark_startup_error, report_and_abort)
 from aquaml.parallel.mpi import launched_rank, launched_ranks, mpi
-from aquaml.parallel.roles import run_task
 from aquaml.parallel.topology import make_topology
-from aquaml.run.progress import Progress
-from aquaml.models.recurrent import with_recurrent
+from aquaml.run.checkpoint import Checkpointer, TaskCheckpoints, check_resumable
+from aquaml.run.export import export_policy
+from aquaml.run.logger import RunLogger
+from aquaml.run.progress import Evaluator, Progress
+from aquaml.schedules.context import TaskContext
+from aquaml.schedules.drivers import make_actor, make_learner, run_mpi_task, run_serial
+from aquaml.schedules.local import LocalLink
 from aquaml.storage import set_aside_previous, unique_run_dir, write_text_atomic
-from aquaml.acting.worker import Worker
 
 
 #: Evaluation environments stepped together (one batched policy call per step for all of them).
@@ -46,6 +47,8 @@ MAX_EVAL_ENVS = 10
 
 def _env_factory(env: Any) -> Callable[[], RLBaseEnv]:
     """A zero-argument factory of fresh environment copies from what the user passed."""
+    if is_env_url(env):  # a remote environment: connected once for its spec, copies join lazily
+        return url_factory(env)
     if isinstance(env, str):  # Atari ids come preprocessed (aquaml.envs.atari)
         return lambda: make_env(env)
     if isinstance(env, RLBaseEnv):
@@ -56,6 +59,33 @@ def _env_factory(env: Any) -> Callable[[], RLBaseEnv]:
         return env
     raise TypeError("env must be an RLBaseEnv, a gymnasium id such as 'Pendulum-v1', a gymnasium.Env, "
                     f"or a zero-argument function returning an RLBaseEnv; got {type(env).__name__}")
+
+
+def _check_copies(env: RLBaseEnv, eval_env: Any, params: Any, topology: Any) -> None:
+    """Check the task's copies of ``env`` against ``env.max_copies`` (an environment that stands
+    for one system allows one copy, so evaluation must have its own).
+
+    Raises:
+        ValueError: the task needs more copies of ``env`` than it allows.
+    """
+    limit = env.max_copies
+    if limit is None:
+        return
+    training = params.envs_per_worker * (1 if topology is None else topology.num_workers)
+    plural = "copy" if limit == 1 else "copies"
+    if training > limit:
+        raise ValueError(f"{env!r} allows {limit} {plural} per task, this task steps {training} "
+                         "(envs_per_worker x worker ranks); lower envs_per_worker or the ranks")
+    if eval_env is None:
+        raise ValueError(f"{env!r} allows {limit} {plural} per task, all used for training; evaluation needs "
+                         "its own: pass eval_env=... (aquaml train --eval-env URL)")
+
+
+def _eval_envs(factory: Callable[[], Any], episodes: int) -> list[RLBaseEnv]:
+    """Up to MAX_EVAL_ENVS evaluation copies (no more than the environment's ``max_copies``)."""
+    first = _make_env(factory)
+    count = min(episodes, MAX_EVAL_ENVS, first.max_copies or MAX_EVAL_ENVS)
+    return [first] + [_make_env(factory) for _ in range(count - 1)]
 
 
 def _make_env(factory: Callable[[], Any]) -> RLBaseEnv:
@@ -96,7 +126,8 @@ class RLTaskStarter:
         env: an RLBaseEnv (copied for evaluation and extra environment copies), a gymnasium id
             such as ``'Pendulum-v1'``, a gymnasium.Env, or a zero-argument factory.
         model_class_dict: model classes by role, e.g. ``{'actor': Actor, 'qf1': Q, 'qf2': Q}``.
-        algo: the algorithm class: ``SAC`` (or the reference's alias ``SAC2``) or ``PPO``.
+        algo: the algorithm: a class such as ``SAC`` (or the reference's alias ``SAC2``) or ``PPO``,
+            or a registered name (``'sac'``, ``'ppo'``, or one of ``aquaml.register_algorithm``).
         algo_hyperparameter: the algorithm's parameters (``SACParameters`` or ``PPOParameters``);
             None uses defaults.
         mpi_comm: the task's communicator; None means COMM_WORLD when the process was started as
@@ -122,6 +153,16 @@ class RLTaskStarter:
             ones are skipped with a warning); without a checkpoint there, start it afresh.
         config_extra: more entries for the run's config.json (the ``aquaml`` command records its
             flags there, so ``aquaml export`` can rebuild the models).
+        on_evaluation: called as ``on_evaluation(step, stats)`` after each evaluation, in the one
+            process or on the optimizer rank (``stats`` as ``run`` returns them). Returning True
+            before the final evaluation stops the task at its next clean point on every rank, as
+            SIGTERM would (a checkpoint is written; ``stop_reason`` then says so). ``aquaml tune``
+            reports evaluations to Optuna and stops pruned trials through it.
+        abort_on_error: under MPI, an exception on the optimizer rank while it trains (a training
+            step, an evaluation, ``on_evaluation``, the final save) aborts every rank of the job
+            (True), or (False) stops the workers as a stop request would, lets every rank leave the
+            task, and raises the exception from ``run`` on the optimizer only (workers return as
+            from a stopped run). Exceptions on worker ranks always abort the job.
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
@@ -134,10 +175,13 @@ class RLTaskStarter:
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
                  verbose: bool = True, tensorboard: bool = True, checkpoint_interval: int | None = None,
                  keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False,
-                 config_extra: Mapping[str, Any] | None = None) -> None:
-        algo = SAC if algo is None else algo
-        if not (isinstance(algo, type) and hasattr(algo, "required_models")):
-            raise TypeError(f"algo must be an aquaml algorithm class such as SAC or PPO, got {algo!r}")
+                 config_extra: Mapping[str, Any] | None = None,
+                 on_evaluation: Callable[[int, dict[str, float]], bool | None] | None = None,
+                 abort_on_error: bool = True) -> None:
+        algo = algorithm("sac" if algo is None else algo)
+        if not (isinstance(algo, type) and issubclass(algo, Algorithm)):
+            raise TypeError(f"algo must be an aquaml algorithm (a subclass of aquaml.algos.base.Algorithm, such as "
+                            f"SAC or PPO) or its registered name, got {algo!r}")
         params = algo.parameters_class() if algo_hyperparameter is None else algo_hyperparameter
         if not isinstance(params, algo.parameters_class):
             raise TypeError(f"algo_hyperparameter must be a {algo.parameters_class.__name__} for {algo.name}, "
@@ -170,9 +214,10 @@ class RLTaskStarter:
         self.params, self.verbose, self.tensorboard = params, verbose, tensorboard
         factory = _env_factory(env)
         self.envs = [_make_env(factory) for _ in range(params.envs_per_worker)]
+        _check_copies(self.envs[0], eval_env, params, self.topology)
         eval_factory = factory if eval_env is None else _env_factory(eval_env)
-        self.eval_envs = [_make_env(eval_factory) for _ in range(min(params.calculate_episodes, MAX_EVAL_ENVS))
-                          if self.topology is None or self.topology.is_optimizer]
+        evaluates = self.topology is None or self.topology.is_optimizer
+        self.eval_envs = _eval_envs(eval_factory, params.calculate_episodes) if evaluates else []
         self.obs_info: DataInfo = self.envs[0].obs_info
         if self.envs[0].action_info is not None:
             algo.check_action_info(self.envs[0].action_info)
@@ -186,19 +231,24 @@ class RLTaskStarter:
             for e in self.envs + self.eval_envs:
                 e.set_recurrent_info(state_info)
         self.algo = algo(models, self.obs_info, self.action_info, params)
-        if hasattr(self.algo, "check_workers"):
-            self.algo.check_workers(1 if self.topology is None else self.topology.num_workers)
+        self.algo.check_workers(1 if self.topology is None else self.topology.num_workers)
+        self.name = name or f"{algo.name.lower()}_{type(self.envs[0]).__name__}"
+        self.ctx = TaskContext(algo=self.algo, params=params, envs=self.envs, obs_info=self.obs_info,
+                               action_info=self.action_info, stop=None, checkpoint_interval=checkpoint_interval,
+                               name=self.name, verbose=verbose)
         if self.topology is None:  # under MPI the buffer lives in shared memory, made in run()
             self.buffer = self.algo.make_buffer()
-            self.worker = Worker(self.envs, self.obs_info, self.action_info, self.algo.act, self.buffer,
-                                 seed=params.seed)
-        self.name = name or f"{algo.name.lower()}_{type(self.envs[0]).__name__}"
+            self._link = LocalLink(self.buffer)
+            self._actor = make_actor(self.ctx, self._link)
+            self.worker = self._actor.worker
         self.run_root = run_root
         self.run_dir: str | None = None
         self.model_classes = {k: getattr(v, "__name__", repr(v)) for k, v in model_class_dict.items()}
         self.env_id = env if isinstance(env, str) else None
         self.config_extra = dict(config_extra or {})
+        self.on_evaluation, self.abort_on_error = on_evaluation, bool(abort_on_error)
         self.interrupted = False
+        self.stop_reason: str | None = None
         self.checkpointer: Checkpointer | None = None
         self.restored: tuple[dict, dict] | None = None
         if self.resume and (self.topology is None or self.topology.is_optimizer):
@@ -244,17 +294,28 @@ class RLTaskStarter:
         return os.path.join(self.run_dir, "models")
 
     @functools.cached_property
-    def eval_policy(self) -> Any:
-        """The evaluation policy (numpy where the actor allows, see ``aquaml.acting.inference``), built on
-        first use: worker ranks never evaluate. Callers ``sync()`` it before each evaluation."""
-        return self.algo.host_policy(self.params.seed)
+    def evaluator(self) -> Evaluator:
+        """Deterministic evaluation on ``eval_envs`` with a policy built on first use (numpy where the
+        actor allows, see ``aquaml.acting.inference``): worker ranks never evaluate."""
+        return Evaluator(self.eval_envs, self.obs_info, lambda: self.algo.host_policy(self.params.seed),
+                         self.params.calculate_episodes, self.params.seed + 1_000_003)
+
+    def _learner_context(self, logger: RunLogger, stop: StopRequest) -> None:
+        """Complete the task context with what only the learner has: progress, checkpoints, the
+        checkpoint to continue from."""
+        progress = Progress(self.params, self.algo.metric_names, logger, self.evaluator, self.verbose,
+                            self.algo.console_metrics, self.on_evaluation, stop)
+        ranks = 1 if self.topology is None else self.topology.size
+        self.ctx.progress, self.ctx.restored = progress, self.restored
+        self.ctx.checkpoints = TaskCheckpoints(self.checkpointer, self.algo, progress, ranks, self.checkpoint_buffer)
 
     def run(self) -> dict[str, float]:
         """Train for ``total_steps`` environment steps; return the final evaluation statistics.
 
         Under MPI every rank calls this; the optimizer returns the statistics, workers an empty dict.
-        SIGTERM or SIGINT stops the run at the next clean point with a checkpoint (``interrupted``
-        is then True and the last evaluation so far is returned); ``resume=True`` continues it.
+        SIGTERM or SIGINT (or ``on_evaluation``) stops the run at the next clean point with a
+        checkpoint (``interrupted`` is then True, ``stop_reason`` says why, and the last evaluation
+        so far is returned); ``resume=True`` continues it.
         """
         if self.stopped_before_start is not None:
             self.interrupted = True
@@ -267,12 +328,10 @@ class RLTaskStarter:
         self._open_run_dir()
         logger = self._open_logger()
         models_dir = self.models_dir
-        stop = StopRequest()
+        stop = self.ctx.stop = StopRequest()
         try:
-            loop = (_TrainingLoop if self.algo.schedule == "async" else _RolloutLoop)(self, logger, stop)
-            if self.restored is not None:
-                loop.restore(*self.restored)
-            final = loop.run()
+            self._learner_context(logger, stop)
+            final = run_serial(make_learner(self.ctx, self._link), self._actor)
         except KeyboardInterrupt:
             # an exception from inside a step: no clean point to checkpoint at, but keep the weights
             self.algo.save(models_dir)
@@ -312,28 +371,11 @@ class RLTaskStarter:
             print(f"[{self.name}] resuming from step {self.restored[1]['step']} "
                   f"({self.checkpointer.path(self.restored[1]['step'])})", flush=True)
 
-    def write_checkpoint(self, step: int, progress: Progress, loop: dict, workers: list,
-                         buffer: Any = None, counts: np.ndarray | None = None) -> str:
-        """Write a checkpoint of everything at ``step`` (the optimizer's side plus worker snapshots)."""
-        state = {"step": int(step), "ranks": 1 if self.topology is None else self.topology.size,
-                 "loop": loop, "progress": progress.state_dict(), "algo": self.algo.extra_state(),
-                 "workers": workers}
-        replay = (buffer, counts) if self.checkpoint_buffer and isinstance(buffer, ReplayBuffer) else None
-        return self.checkpointer.save(step, variables_state(self.algo.state_groups()), state, replay)
-
-    def restore_algo(self, arrays: dict, state: dict, buffer: Any = None) -> None:
-        """Load the algorithm's state (and the replay buffer when the checkpoint has it)."""
-        load_variables_state(self.algo.state_groups(), arrays)
-        self.algo.load_extra_state(state["algo"])
-        path = self.checkpointer.path(state["step"])
-        if isinstance(buffer, ReplayBuffer) and os.path.exists(os.path.join(path, "replay.h5")):
-            load_replay(os.path.join(path, "replay.h5"), buffer)
-
     def _finish(self, final: dict[str, float], stop: StopRequest) -> None:
         if stop.requested:
-            self.interrupted = True
+            self.interrupted, self.stop_reason = True, stop.reason
             if self.verbose:
-                print(f"[{self.name}] stopped by {stop.signal_name}; checkpoint written, continue with "
+                print(f"[{self.name}] stopped by {stop.reason}; checkpoint written, continue with "
                       f"resume=True (aquaml train --resume)", flush=True)
             return
         self._report(final)
@@ -341,21 +383,26 @@ class RLTaskStarter:
     def _run_mpi(self) -> dict[str, float]:
         topo = self.topology
         logger = None
+        stop = self.ctx.stop = StopRequest()
         try:
             if topo.is_optimizer:
                 self._open_run_dir()
                 logger = self._open_logger()
-            final, stop = run_task(self, topo, lambda: Progress(self, logger))
+                self._learner_context(logger, stop)
+            final, failure = run_mpi_task(self.ctx, topo, self.save_final, self.abort_on_error)
         except BaseException as exc:  # a dead rank must not leave the others waiting
             report_and_abort(topo.comm, topo.role, exc)
             raise
         finally:
+            stop.restore()
             if logger is not None:
                 logger.close()
+        if failure is not None:  # abort_on_error=False: every rank has left the task
+            raise failure
         if topo.is_optimizer:
             self._finish(final, stop)
         else:
-            self.interrupted = stop.requested
+            self.interrupted, self.stop_reason = stop.requested, stop.reason
         return final
 
     def _report(self, final: dict[str, float]) -> None:
@@ -363,122 +410,3 @@ class RLTaskStarter:
             print(f"[{self.name}] final evaluation return {final['eval/return_mean']:.1f} "
                   f"± {final['eval/return_std']:.1f} over {self.params.calculate_episodes} episodes; "
                   f"run saved in {self.run_dir}", flush=True)
-
-
-class _OneProcessLoop:
-    """What both one-process schedules share: a Progress, a StopRequest, checkpoints when due."""
-
-    def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
-        self.s, self.p, self.stop = starter, starter.params, stop
-        self.progress = Progress(starter, logger)
-        self.next_checkpoint = next_due(0, starter.checkpoint_interval)
-
-    def after_step(self, steps: int, finished: bool) -> None:
-        """Checkpoint when one is due, at the end, or when a signal asked the run to stop."""
-        if steps >= self.next_checkpoint or finished or self.stop.requested:
-            self.s.write_checkpoint(steps, self.progress, self.loop_state(), [self.s.worker.state_dict()],
-                                    self.s.buffer)
-            self.next_checkpoint = next_due(steps, self.s.checkpoint_interval)
-
-    def restore(self, arrays: dict, state: dict) -> None:
-        self.s.restore_algo(arrays, state, self.s.buffer)
-        self.s.worker.load_state_dict(state["workers"][0])
-        self.progress.load_state_dict(state["progress"])
-        self.load_loop_state(state["loop"])
-        self.next_checkpoint = next_due(state["step"], self.s.checkpoint_interval)
-
-    def loop_state(self) -> dict:
-        raise NotImplementedError
-
-    def load_loop_state(self, state: dict) -> None:
-        raise NotImplementedError
-
-
-class _TrainingLoop(_OneProcessLoop):
-    """One process: act, store and train interleaved, keeping ``replay_ratio`` updates per step."""
-
-    def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
-        super().__init__(starter, logger, stop)
-        self.rng = np.random.default_rng(self.p.seed + 1)
-        self.steps = self.updates = 0
-        self._last_burst = 0
-        self.actions: dict | None = None  # the next step's actions, when the last update computed them
-
-    def run(self) -> dict[str, float]:
-        p, worker = self.p, self.s.worker
-        while self.steps < p.total_steps and not self.stop.requested:
-            self.progress.add_episodes(worker.step(random=self.steps < p.warmup_steps, actions=self.actions))
-            self.steps = worker.steps
-            self.actions = self._train()
-            finished = self.steps >= p.total_steps
-            self.progress.advance(self.steps, self.updates, finished=finished)
-            self.after_step(self.steps, finished)
-        return self.progress.final
-
-    def loop_state(self) -> dict:
-        return {"steps": self.steps, "updates": self.updates, "last_burst": self._last_burst,
-                "rng": self.rng.bit_generator.state, "actions": self.actions}
-
-    def load_loop_state(self, state: dict) -> None:
-        self.steps, self.updates, self._last_burst = state["steps"], state["updates"], state["last_burst"]
-        self.rng.bit_generator.state = state["rng"]
-        self.actions = state["actions"]
-
-    def _train(self) -> dict | None:
-        """Run the updates due; return the next step's actions when the last update computed them."""
-        p, algo = self.p, self.s.algo
-        burst_due = self.steps - self._last_burst >= p.update_interval or self.steps >= p.total_steps
-        if self.steps < p.learning_starts or not burst_due:
-            return None
-        self._last_burst = self.steps
-        due = int((self.steps - p.learning_starts) * p.replay_ratio) - self.updates
-        act_next = self.steps >= p.warmup_steps and self.steps < p.total_steps
-        actions = None
-        for k in range(due):
-            batch = algo.sample(self.s.buffer, self.rng)
-            if act_next and k == due - 1:
-                metrics, actions = algo.update_and_act(batch, self.s.worker.obs)
-            else:
-                metrics = algo.update(batch)
-            self.progress.add_metrics(metrics.numpy())
-            self.updates += 1
-        return actions
-
-
-class _RolloutLoop(_OneProcessLoop):
-    """One process, on-policy: fill the rollout segment, train on it, repeat.
-
-    A stop request takes effect at the end of the round (a checkpoint mid-round would need the
-    half-filled segment).
-    """
-
-    def __init__(self, starter: RLTaskStarter, logger: RunLogger, stop: StopRequest) -> None:
-        super().__init__(starter, logger, stop)
-        self.rounds_done = 0
-        # the weights change once per round: the worker acts in numpy where the actor allows
-        # (aquaml.acting.inference), synced before each round, as a worker rank does
-        self.policy = starter.algo.host_policy(self.p.seed + 7919)
-        starter.worker.policy = self.policy
-
-    def run(self) -> dict[str, float]:
-        p, worker, algo = self.p, self.s.worker, self.s.algo
-        rounds = p.rounds(1)
-        while self.rounds_done < rounds and not self.stop.requested:
-            self.policy.sync()
-            for _ in range(p.rollout_steps):
-                self.progress.add_episodes(worker.step())
-            self.progress.add_metrics(algo.train(self.s.buffer.segments()))
-            self.rounds_done += 1
-            finished = self.rounds_done == rounds
-            self.progress.advance(worker.steps, self.rounds_done, finished=finished)
-            self.after_step(worker.steps, finished)
-        return self.progress.final
-
-    def loop_state(self) -> dict:
-        return {"rounds_done": self.rounds_done, "act_rng": self.policy.rng.bit_generator.state}
-
-    def load_loop_state(self, state: dict) -> None:
-        self.rounds_done = state["rounds_done"]
-        if "act_rng" in state:  # checkpoints from before numpy acting kept TensorFlow's noise state
-            self.policy.rng.bit_generator.state = state["act_rng"]
-        self.s.buffer.restart_at(self.rounds_done)

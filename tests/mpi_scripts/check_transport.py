@@ -10,7 +10,6 @@ Prints one line per slice with a digest of its data, so two runs can be compared
 import hashlib
 import sys
 import time
-import types
 
 import numpy as np
 
@@ -19,7 +18,8 @@ from aquaml.algos.sac import transition_info
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.parallel.failure import install_abort_hook
 from aquaml.parallel.mpi import POLL_SECONDS, mpi, sleepy_barrier
-from aquaml.parallel.roles import DONE, STOP, NodeState, share
+from aquaml.parallel.links import DONE, STOP, NodeState
+from aquaml.schedules.marks import share
 from aquaml.parallel.topology import make_topology
 from aquaml.parallel.transport import LeaderChannel, TransitionReceiver, TransitionSender, receive_from_optimizer
 from aquaml.acting.worker import Worker
@@ -59,8 +59,7 @@ def main():
     obs_info = DataInfo("obs", (2,), np.float64)
     info = transition_info(obs_info, DataInfo("action", (1,)))
     W = topo.num_workers
-    buffer_maker = types.SimpleNamespace(make_buffer=lambda slices, store: ReplayBuffer(info, TOTAL + W, slices, store))
-    state = NodeState(topo, buffer_maker, SHAPES)
+    state = NodeState(topo, lambda slices, store: ReplayBuffer(info, TOTAL + W, slices, store), SHAPES, 1024)
     if topo.is_optimizer:
         seen = np.zeros(W, np.int64)
         digests = [{n: hashlib.sha256() for n in info.names} for _ in range(W)]
