@@ -427,5 +427,12 @@ class LivePolicy:
     def load(self, weights: Sequence[np.ndarray]) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: what this policy draws and counts is the algorithm's state (``extra_state``)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
     def __call__(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         return self._act(obs, deterministic)

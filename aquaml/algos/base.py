@@ -100,7 +100,8 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def host_policy(self, seed: int) -> Any:
         """An ``aquaml.acting.inference.HostPolicy`` acting like ``act`` with its own noise stream
-        from ``seed``; it sees new weights only at ``sync()`` or ``load()``."""
+        from ``seed``; it sees new weights only at ``sync()`` or ``load()``. Its ``state_dict()``
+        (JSON-able) is what a worker's snapshot keeps of it, restored by ``load_state_dict``."""
 
     @abc.abstractmethod
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:

@@ -189,13 +189,15 @@ class ReplayActor:
         state = self.link.restore_state()
         if state is not None:
             self.worker.load_state_dict(state["worker"])
-            if state.get("act_rng") is not None and self.policy.rng is not None:
+            if state.get("policy") is not None:
+                self.policy.load_state_dict(state["policy"])
+            elif state.get("act_rng") is not None and self.policy.rng is not None:  # checkpoints before "policy"
                 self.policy.rng.bit_generator.state = state["act_rng"]
         self.marks_sent = sum(1 for t in self.thresholds if t <= self.worker.steps)
 
     def snapshot(self) -> dict:
-        rng = self.policy.rng
-        return {"worker": self.worker.state_dict(), "act_rng": None if rng is None else rng.bit_generator.state}
+        # the policy's whole state: its noise stream, and what else it counts (DQN's steps for epsilon)
+        return {"worker": self.worker.state_dict(), "policy": self.policy.state_dict()}
 
     def running(self) -> bool:
         return self.worker.steps < self.quota and not (self.link.stopping() or self.ctx.stop.requested)
