@@ -29,7 +29,7 @@ def build(env_id: str, optimize: bool):
     from aquaml import DQN, DQNParameters
     from aquaml.envs.atari import atari_env
     from aquaml.models.base import build_models
-    from aquaml.models.defaults import default_models
+    from aquaml.algos.registry import default_models
     env = atari_env(env_id)
     models = default_models("dqn", env.obs_info, env.action_info)
     specs, action_info = build_models(models, ("actor",), env.obs_info, env.action_info, critics_take_action=False)

@@ -50,7 +50,7 @@ TASKS = {
 def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: str, extra: dict,
              threads: int | None, eval_interval: int) -> dict:
     from aquaml import DQN, DQNParameters, GymnasiumEnv, RLTaskStarter
-    from aquaml.models.defaults import default_models
+    from aquaml.algos.registry import default_models
     probe = GymnasiumEnv(task["env"])
     models = default_models("dqn", probe.obs_info, probe.action_info, task["hidden"], task["learning_rate"])
     params = DQNParameters(total_steps=steps, seed=seed, eval_interval=eval_interval, calculate_episodes=eval_episodes,

@@ -29,7 +29,7 @@ def build(batch: int, jit: bool = False):
     import numpy as np
     from aquaml import DQN, DQNParameters, GymnasiumEnv
     from aquaml.models.base import build_models
-    from aquaml.models.defaults import default_models
+    from aquaml.algos.registry import default_models
     env = GymnasiumEnv("CartPole-v1")
     models = default_models("dqn", env.obs_info, env.action_info, (256, 256), 1e-4)
     specs, action_info = build_models(models, ("actor",), env.obs_info, env.action_info, critics_take_action=False)
@@ -51,7 +51,7 @@ def build(batch: int, jit: bool = False):
 def one_process(algo, buffer, rng, updates: int) -> float:
     start = time.perf_counter()
     for _ in range(updates):
-        algo.update(algo.sample(buffer, rng)).numpy()
+        algo.update(algo.sample(buffer, rng))
     return updates / (time.perf_counter() - start)
 
 

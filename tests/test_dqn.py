@@ -13,7 +13,7 @@ from aquaml.buffers.nstep import n_step_batch, uniform_rows
 from aquaml.buffers.prioritized import ProportionalPriorities
 from aquaml.buffers.replay import LocalArrayStore, ReplayBuffer
 from aquaml.models.base import ModelContractError, build_models
-from aquaml.models.defaults import default_models
+from aquaml.algos.registry import default_models
 
 
 class LinearQ(RLBaseModel):
@@ -99,7 +99,7 @@ def test_one_update_matches_a_hand_computed_sgd_step_and_copies_the_target_on_sc
     dq = 2.0 * (q - y) / 5  # d mean((q - y)^2) / dq
     grad_W = batch["obs"].T @ (dq[:, None] * onehot)
     grad_b = (dq[:, None] * onehot).sum(0)
-    metrics = algo.update(batch).numpy()
+    metrics = algo.update(batch)
     np.testing.assert_allclose(metrics[0], np.mean((q - y) ** 2), rtol=1e-5)
     np.testing.assert_allclose(model.weights[0].numpy(), W - 0.1 * grad_W, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(model.weights[1].numpy(), b - 0.1 * grad_b, rtol=1e-4, atol=1e-6)
@@ -385,7 +385,7 @@ def test_q_network_outputs_must_fit_dueling():
 
 def test_default_q_network_with_dueling_heads_builds_and_acts():
     env = GymnasiumEnv("CartPole-v1")
-    models = default_models("dqn", env.obs_info, env.action_info, hidden=(16,), dueling=True)
+    models = DQN.default_models(env.obs_info, env.action_info, hidden=(16,), dueling=True)
     specs, action_info = build_models(models, ("actor",), env.obs_info, env.action_info, critics_take_action=False)
     algo = DQN(specs, env.obs_info, action_info, DQNParameters(dueling=True))
     out = algo.act({"obs": np.zeros((3, 4), np.float32)}, deterministic=True)

@@ -67,7 +67,7 @@ def test_exported_policy_is_greedy_and_eval_writes_videos(run_root, tmp_path):
     policy = load_policy(run)
     obs = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
     from aquaml import GymnasiumEnv
-    from aquaml.models.defaults import default_models
+    from aquaml.algos.registry import default_models
     env = GymnasiumEnv("CartPole-v1")
     q_net = default_models("dqn", env.obs_info, env.action_info)["actor"]()
     q_net(obs)
@@ -111,7 +111,7 @@ def test_eval_refuses_a_video_path_of_unknown_format(run_root, capsys):
 def test_behaviour_cloning_of_a_q_network_gives_a_greedy_policy_that_copies_the_expert():
     from aquaml import DQN, DQNParameters, GymnasiumEnv, behaviour_cloning, record_policy
     from aquaml.models.base import build_models
-    from aquaml.models.defaults import default_models
+    from aquaml.algos.registry import default_models
 
     def expert(obs, deterministic):  # a CartPole controller: push the way the pole falls
         o = obs["obs"]

@@ -9,7 +9,7 @@ import pytest
 
 from aquaml import DQN, PPO, DQNParameters, GymnasiumEnv, PPOParameters, RLTaskStarter, SpecError
 from aquaml.models.cnn import image_layout
-from aquaml.models.defaults import default_models
+from aquaml.algos.registry import default_models
 
 IMAGE = gym.spaces.Box(0, 255, (36, 36, 3), np.uint8)
 VECTOR = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)

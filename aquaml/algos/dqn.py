@@ -25,22 +25,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from aquaml.acting.inference import HostPolicy
+from aquaml.algos.base import OffPolicyAlgorithm
 from aquaml.algos.exploration import EpsilonSchedule, ExplorationPolicy
-from aquaml.algos.params import _check, _check_ints, _check_stall_timeout, with_aliases
+from aquaml.algos.params import ReplayParameters, _check, _check_ints, with_aliases
 from aquaml.buffers.frames import FrameReplayBuffer, stacked_entries
 from aquaml.buffers.nstep import n_step_batch, uniform_rows, window_starts
 from aquaml.buffers.prioritized import ProportionalPriorities
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo, SpecError
-from aquaml.models.base import (ModelContractError, ModelSpec, assign_variables, is_discrete_action, model_state_groups,
-                                read_variables, save_models)
+from aquaml.models.base import ModelContractError, ModelSpec, is_discrete_action, model_state_groups, save_models
+from aquaml.models.defaults import q_network
 
 EXPLORATIONS = ("epsilon_greedy", "boltzmann")
 LOSSES = ("huber", "mse")
@@ -77,7 +78,7 @@ def _dqn_derived(kw: dict) -> dict:
                "exploration_initial_eps": "epsilon", "exploration_final_eps": "epsilon_min",
                "n_epochs": "*", "update_times": "*", "gradient_steps": "*"}, _dqn_derived)
 @dataclasses.dataclass(frozen=True)
-class DQNParameters:
+class DQNParameters(ReplayParameters):
     """Deep Q-Network hyperparameters.
 
     Reference names: KeRLym's ``discount`` = ``gamma``, ``max_mem`` = ``buffer_size``,
@@ -92,24 +93,18 @@ class DQNParameters:
 
     total_steps: int = 100_000
     """Environment steps to train for, summed over all workers and environments."""
-    epoch_length: int = 1_000
-    """Environment steps per epoch: one progress line and one progress.csv row per epoch."""
+    eval_interval: int = 10_000
+    """Environment steps between greedy evaluations (0 disables them)."""
+    replay_ratio: float = 0.25
+    """Gradient updates per environment step (Stable-Baselines3's default: one per 4 steps)."""
+    update_interval: int = 4
+    """Environment steps between bursts of ``update_interval * replay_ratio`` updates."""
     batch_size: int = 32
     """Transitions per gradient update."""
     gamma: float = 0.99
     """Discount factor."""
     learning_rate: float | None = None
     """Learning rate of the Q-network's optimizer; None keeps the model's own ``learning_rate``."""
-    buffer_size: int = 1_000_000
-    """Replay capacity in transitions, summed over all worker slices."""
-    learning_starts: int = 1_000
-    """Transitions collected before the first gradient update."""
-    random_steps: int | None = None
-    """Steps taken with uniform random actions at the start; None means ``learning_starts``."""
-    replay_ratio: float = 0.25
-    """Gradient updates per environment step (Stable-Baselines3's default: one per 4 steps)."""
-    update_interval: int = 4
-    """Environment steps between bursts of ``update_interval * replay_ratio`` updates."""
     target_update_interval: int = 2_500
     """Gradient updates between target-network updates."""
     tau: float = 1.0
@@ -154,38 +149,14 @@ class DQNParameters:
     optimize_memory_usage: bool = False
     """Store stacked-frame observations (FrameStackObservation) one frame per step
     (``aquaml.buffers.frames``)."""
-    eval_interval: int = 10_000
-    """Environment steps between greedy evaluations (0 disables them)."""
-    calculate_episodes: int = 5
-    """Episodes per evaluation."""
-    display_interval: int = 1
-    """Epochs between progress lines on the console."""
-    envs_per_worker: int = 1
-    """Environment copies stepped together by each worker (one batched actor call for all)."""
-    max_worker_lead: int = 16
-    """Under MPI: environment steps a worker may run ahead of what ``replay_ratio`` allows so far."""
-    weight_sync_interval: int = 1
-    """Under MPI: updates between publications of the Q-network's weights to the workers."""
-    updates_per_call: int = 8
-    """Under MPI: the most gradient updates the optimizer runs in one compiled call."""
-    stall_timeout: float = 300.0
-    """Under MPI: seconds the optimizer waits on workers that write nothing before it aborts (0: forever)."""
-    seed: int = 0
-    """Seed of every random stream (environments, initial weights, sampling, exploration)."""
     jit_compile: bool = False
     """Compile the update with XLA."""
 
     def __post_init__(self) -> None:
-        _check_ints(self, ("total_steps", "epoch_length", "batch_size", "buffer_size", "update_interval",
-                           "target_update_interval", "n_steps", "calculate_episodes", "display_interval",
-                           "envs_per_worker", "weight_sync_interval", "updates_per_call"),
-                    ("learning_starts", "eval_interval", "seed", "max_worker_lead"))
-        _check(self.random_steps is None or (isinstance(self.random_steps, int) and self.random_steps >= 0),
-               "random_steps", "None or an int >= 0", self.random_steps)
+        super().__post_init__()
+        _check_ints(self, ("batch_size", "target_update_interval", "n_steps"), ())
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
         _check(self.learning_rate is None or self.learning_rate > 0, "learning_rate", "None or > 0", self.learning_rate)
-        _check(self.replay_ratio > 0 and math.isfinite(self.replay_ratio), "replay_ratio",
-               "a finite number > 0", self.replay_ratio)
         _check(0.0 < self.tau <= 1.0, "tau", "in (0, 1]", self.tau)
         _check(self.loss in LOSSES, "loss", f"one of {LOSSES}", self.loss)
         _check(self.huber_delta > 0, "huber_delta", "> 0", self.huber_delta)
@@ -205,12 +176,6 @@ class DQNParameters:
         _check(0.0 <= self.epsilon_decay < 1.0, "epsilon_decay", "in [0, 1)", self.epsilon_decay)
         _check(self.temperature > 0 and math.isfinite(self.temperature), "temperature", "a finite number > 0",
                self.temperature)
-        _check_stall_timeout(self.stall_timeout)
-
-    @property
-    def warmup_steps(self) -> int:
-        """Steps with uniform random actions."""
-        return self.learning_starts if self.random_steps is None else self.random_steps
 
     def epsilon_at(self) -> EpsilonSchedule | None:
         """The epsilon schedule over global steps (None for Boltzmann exploration)."""
@@ -223,9 +188,6 @@ class DQNParameters:
     def priority_beta_at(self, steps: int) -> float:
         """The importance-weight exponent after ``steps`` environment steps."""
         return self.priority_beta + (1.0 - self.priority_beta) * min(1.0, steps / self.total_steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def transition_info(obs_info: DataInfo, action_info: DataInfo) -> DataInfo:
@@ -253,7 +215,7 @@ class _ArrayState:
         self.array[...] = value
 
 
-class DQN:
+class DQN(OffPolicyAlgorithm):
     """Deep Q-learning on one Q-network (``'actor'``), with a target copy of it.
 
     Raises (at construction):
@@ -268,8 +230,9 @@ class DQN:
     required_models = ("actor",)
     optional_models: tuple[str, ...] = ()
     critics_take_action = False
-    schedule = "async"
     metric_names = ("losses/td_loss", "losses/q_values", "losses/td_abs", "losses/grad_norm")
+    console_metrics = (("losses/td_loss", "td_loss", ".3g"), ("losses/q_values", "q", ".3g"))
+    default_hidden = (256, 256)  # rl-baselines3-zoo's for CartPole, Acrobot and LunarLander
 
     def __init__(self, models: Mapping[str, ModelSpec], obs_info: DataInfo, action_info: DataInfo,
                  params: DQNParameters) -> None:
@@ -319,7 +282,7 @@ class DQN:
         # one process acts through TensorFlow on the live weights (they change every update), with
         # the same numpy noise and epsilon steps as a worker's policy
         self._acting = ExplorationPolicy(
-            HostPolicy(self._act_given_noise, params.seed + 7919, False, self._actor_weight_variables(),
+            HostPolicy(self._act_given_noise, params.seed + 7919, False, self.actor_weight_variables(),
                        self.set_actor_weights, gumbel=True),
             params.epsilon_at(), self.num_actions, params.warmup_steps)
 
@@ -338,6 +301,22 @@ class DQN:
             hint = ("A product of several choices has no single argmax over one Q-value per choice: use PPO "
                     "(a product of Categoricals or Bernoullis), or wrap the environment into one Discrete action.")
         raise SpecError(f"DQN needs one Discrete action; this environment's action is {what}. {hint}")
+
+    @classmethod
+    def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
+                       learning_rate: float | None = None, *, dueling: bool = False) -> dict[str, Any]:
+        """A Q-network over every observation name (``aquaml.models.defaults.QNetwork``: uint8
+        images through the Nature-DQN trunk, discrete entries one-hot), ``default_hidden`` ReLU
+        layers and learning rate 1e-4 (Stable-Baselines3's) by default; ``dueling`` adds the
+        state-value head that ``DQNParameters(dueling=True)`` needs.
+
+        Raises:
+            SpecError: the action is not one Discrete choice.
+            ValueError: a hidden width is not a positive int.
+        """
+        cls.check_action_info(action_info)
+        hidden, lr = tuple(hidden or cls.default_hidden), 1e-4 if learning_rate is None else learning_rate
+        return {"actor": q_network(obs_info, action_info, hidden, lr, dueling)}
 
     @staticmethod
     def _check_outputs(actor: ModelSpec, params: DQNParameters) -> None:
@@ -428,6 +407,10 @@ class DQN:
             q = q / self.params.temperature + noise
         return {"action": tf.argmax(q, axis=-1, output_type=tf.int64)}
 
+    def export_act(self, obs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """The greedy action ``argmax Q`` ``(batch,)`` int64, as TensorFlow ops."""
+        return self._act(obs, True)
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """Actions ``{'action': (batch,) int64}`` for a batch of observations: greedy, or exploring
         (epsilon-greedy or Boltzmann) with the schedule at this process's step count."""
@@ -441,7 +424,7 @@ class DQN:
         """A policy with ``act``'s signature for workers and evaluation: numpy when the Q-network's
         graph allows (see ``aquaml.acting.inference``), its own stream from ``seed``, weights taken
         at ``sync()``/``load()``, epsilon at ``warmup_steps + workers * its steps``."""
-        host = HostPolicy(self._act_given_noise, seed, numpy, self._actor_weight_variables(),
+        host = HostPolicy(self._act_given_noise, seed, numpy, self.actor_weight_variables(),
                           self.set_actor_weights, gumbel=True)
         return ExplorationPolicy(host, self.params.epsilon_at(), self.num_actions, self.params.warmup_steps,
                                  self.workers)
@@ -453,14 +436,10 @@ class DQN:
         return fn
 
     # --- sampling ------------------------------------------------------------------------------
-    def sample(self, buffer: ReplayBuffer, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """One update's batch of ``batch_size`` n-step transitions (``train_info`` columns, plus
-        where each row came from)."""
-        return {k: v[0] for k, v in self.sample_many(buffer, rng, 1).items()}
-
     def sample_many(self, buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
-        """``count`` batches as ``sample`` draws them, stacked on a new first axis. Prioritized:
-        rows in proportion to their priority, with importance weights at the current beta."""
+        """``count`` batches of ``batch_size`` n-step transitions (``train_info`` columns, plus
+        where each row came from), stacked on a new first axis. Prioritized: rows in proportion
+        to their priority, with importance weights at the current beta."""
         p = self.params
         size = p.batch_size * count
         if p.prioritized:
@@ -513,7 +492,7 @@ class DQN:
         for i in tf.range(count):
             m, td = self._update_step({n: b[i] for n, b in batches.items()})
             metrics, errors = metrics.write(i, m), errors.write(i, td)
-        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in self._actor_weight_variables()], 0)
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in self.actor_weight_variables()], 0)
         return metrics.stack(), errors.stack(), flat
 
     def _tensors(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -524,11 +503,12 @@ class DQN:
         if self.priorities is not None and SAMPLED_ROW in batch:
             self.priorities.update(batch[SAMPLED_SLICE], batch[SAMPLED_ROW], np.asarray(td), self.buffer.counters)
 
-    def update(self, batch: Mapping[str, np.ndarray]) -> tf.Tensor:
-        """One gradient step; returns the metrics in ``metric_names`` order."""
+    def update(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One gradient step on ``batch`` (``{column: (B, *s)}``, as ``sample`` gives it), compiled
+        on its own (no loop around it); returns the metrics in ``metric_names`` order."""
         metrics, td = self._compiled("update")(self._tensors(batch))
         self._reprioritize(batch, td)
-        return metrics
+        return metrics.numpy()
 
     def update_many(self, batches: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """``k`` gradient steps in one compiled call, one per leading index of ``batches`` (as
@@ -538,7 +518,7 @@ class DQN:
         self._reprioritize(batches, td)
         return metrics.numpy(), flat.numpy()
 
-    def update_and_act(self, batch: Mapping[str, np.ndarray], obs: Mapping[str, np.ndarray]) -> tuple[tf.Tensor, dict]:
+    def update_and_act(self, batch: Mapping[str, np.ndarray], obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict]:
         """``update(batch)`` then ``act(obs)`` with the new weights, in one compiled call."""
         acting = self._acting
         rows = len(obs[self.actor.input_names[0]])
@@ -546,20 +526,12 @@ class DQN:
         (metrics, td), out = self._compiled("update_act")(self._tensors(batch),
                                                           {n: obs[n] for n in self.actor.input_names}, noise)
         self._reprioritize(batch, td)
-        return metrics, {"action": acting.explore(out["action"].numpy())}
+        return metrics.numpy(), {"action": acting.explore(out["action"].numpy())}
 
     # --- weights -------------------------------------------------------------------------------
-    def _actor_weight_variables(self) -> list:
-        """The variables behind ``actor_weights()``, in its order."""
+    def actor_weight_variables(self) -> list:
+        """What acting reads: the Q-network's weights."""
         return list(self.actor.model.weights)
-
-    def actor_weights(self) -> list[np.ndarray]:
-        """What acting needs: the Q-network's weights."""
-        return read_variables(self._actor_weight_variables())
-
-    def set_actor_weights(self, weights: list[np.ndarray]) -> None:
-        """Load weights in ``actor_weights()`` order (on a worker, from the weight store)."""
-        assign_variables(self._actor_weight_variables(), weights, "actor_weights()")
 
     def state_groups(self) -> dict[str, list]:
         """Every variable a checkpoint must hold, by group (see ``aquaml.run.checkpoint``): the
@@ -577,6 +549,7 @@ class DQN:
         return {"acting": self._acting.state_dict()}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``extra_state`` returned."""
         self._acting.load_state_dict(state["acting"])
 
     def save(self, directory: str) -> None:

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import aquaml  # noqa: E402,F401
 from aquaml import DQN, DQNParameters, RLTaskStarter  # noqa: E402
 from aquaml.envs.atari import make_env  # noqa: E402
-from aquaml.models.defaults import default_models  # noqa: E402
+from aquaml.algos.registry import default_models  # noqa: E402
 
 SETTINGS = {
     "cartpole": dict(env="CartPole-v1", hidden=(64, 64), learning_rate=2.3e-3, parameters=dict(

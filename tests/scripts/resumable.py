@@ -18,7 +18,7 @@ from helpers import MLPActor, MLPQ, MLPV  # noqa: E402
 
 from aquaml import (DQN, PPO, DQNParameters, GymnasiumEnv, PPOParameters, RLTaskStarter, SAC,  # noqa: E402
                     SACParameters)
-from aquaml.models.defaults import default_models  # noqa: E402
+from aquaml.algos.registry import default_models  # noqa: E402
 
 
 class SlowPendulum(GymnasiumEnv):
