@@ -1,5 +1,7 @@
 """DQN: targets and losses by hand, n-step cuts, prioritized sampling, exploration, dueling heads,
 the frame buffer against a plain one, parameters and refusals."""
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -277,6 +279,62 @@ def test_worker_policy_follows_the_global_step_and_resumes_its_schedule():
     np.testing.assert_array_equal(again(obs)["action"], policy(obs)["action"])
     policy(obs, deterministic=True)  # greedy calls (evaluation) do not advance the schedule
     assert policy.global_step() == 3008
+
+
+class _ActorEnd:
+    """The worker end of a link, enough for a ReplayActor to step, snapshot and restore."""
+    index, rank, num_workers, shares_weights = 0, 1, 4, False
+
+    def __init__(self, sink, restored=None):
+        self.sink, self.restored, self.snaps = sink, restored, []
+
+    def restore_state(self):
+        return self.restored
+
+    def send_snapshot(self, mark, state):
+        self.snaps.append(copy.deepcopy(state))
+
+    poll = flush = finish = staticmethod(lambda: None)
+    waiting = record_episodes = staticmethod(lambda arg: None)
+    updates = staticmethod(lambda: 10**9)
+    stopping = staticmethod(lambda: False)
+    newer_weights = staticmethod(lambda version: (1, None) if version == 0 else None)
+
+
+def test_a_resumed_worker_continues_its_epsilon_schedule_from_the_snapshot():
+    """Under MPI a worker's snapshot (what checkpoints keep of it) holds its exploration policy's
+    step count and stream: an actor started from it acts as the uninterrupted one does."""
+    from aquaml.schedules.async_replay import ReplayActor
+    from aquaml.schedules.context import TaskContext
+    params = DQNParameters(total_steps=4000, exploration_fraction=0.5, learning_starts=40, eval_interval=0,
+                           epoch_length=100, buffer_size=4000)
+    env = GymnasiumEnv("CartPole-v1")
+    models, action_info = build_models(DQN.default_models(env.obs_info, env.action_info, hidden=(8,)),
+                                       DQN.required_models, env.obs_info, env.action_info, critics_take_action=False)
+    algo = DQN(models, env.obs_info, action_info, params)
+    algo.check_workers(4)
+
+    def actor(restored=None):
+        ctx = TaskContext(algo=algo, params=params, envs=[GymnasiumEnv("CartPole-v1")], obs_info=env.obs_info,
+                          action_info=action_info, stop=None, checkpoint_interval=100, verbose=False)
+        end = _ActorEnd(algo.make_buffer(4), restored)
+        a = ReplayActor(ctx, end, algo.host_policy(seed=5))
+        a.start()
+        return a, end
+
+    first, end = actor()
+    for _ in range(75):  # 10 random steps (its share of learning_starts), then 65 with the policy
+        first.work()
+    snapshot = end.snaps[1]  # at step 50: its share of the checkpoint mark at 200
+    assert snapshot["worker"]["steps"] == 50 and snapshot["policy"]["steps"] == 40
+    resumed, _ = actor(snapshot)
+    assert resumed.policy.global_step() == 40 + 4 * 40
+    again, _ = actor()
+    for _ in range(50):
+        again.work()
+    assert again.policy.state_dict() == resumed.policy.state_dict()
+    obs = {"obs": np.zeros((64, 4), np.float32)}
+    np.testing.assert_array_equal(resumed.policy(obs)["action"], again.policy(obs)["action"])
 
 
 # --- frame buffer ---------------------------------------------------------------------------

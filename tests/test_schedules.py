@@ -281,6 +281,9 @@ class _Live:
     def sync(self):
         pass
 
+    def state_dict(self):
+        return {}
+
     def __call__(self, obs, deterministic=False):
         return self.algo.act(obs)
 

@@ -196,7 +196,8 @@ class ReplayActor:
         self.marks_sent = sum(1 for t in self.thresholds if t <= self.worker.steps)
 
     def snapshot(self) -> dict:
-        # the policy's whole state: its noise stream, and what else it counts (DQN's steps for epsilon)
+        # the policy's whole state: its noise stream, and whatever else it counts (an exploration
+        # schedule's steps, say), so that a resumed actor acts as an uninterrupted one would
         return {"worker": self.worker.state_dict(), "policy": self.policy.state_dict()}
 
     def running(self) -> bool:
