@@ -326,7 +326,8 @@ class DQN(OffPolicyAlgorithm):
         want = ("action", "value") if params.dueling else ("action",)
         if tuple(actor.output_names) != want:
             hint = ("dueling=True needs output_info = {'action': (n,), 'value': (1,)}: the advantage stream and the "
-                    "state value" if params.dueling else
+                    "state value (DQN.default_models(obs_info, action_info, dueling=True) builds such a network; "
+                    "the command line's default models have no value head)" if params.dueling else
                     "the Q-network outputs one Q-value per choice, output_info = {'action': (n,)}; an extra 'value' "
                     "output means dueling heads: set dueling=True")
             raise ModelContractError(f"actor.output_info is {tuple(actor.output_names)}: {hint}")

@@ -1,6 +1,6 @@
 """Algorithms by name: what ``aquaml train --algo NAME`` and ``RLTaskStarter(algo="NAME")`` look up.
 
-aquaml registers its own (``sac``, ``ppo``); a user registers one defined in their own module::
+aquaml registers its own (``sac``, ``ppo``, ``dqn``); a user registers one defined in their own module::
 
     import aquaml
     aquaml.register_algorithm("reinforce", Reinforce)        # or @aquaml.register_algorithm("reinforce")
