@@ -48,7 +48,7 @@ TASKS = {
 
 
 def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: str, extra: dict,
-             threads: int | None, eval_interval: int) -> dict:
+             threads: int | None, eval_interval: int) -> dict | None:
     from aquaml import DQN, DQNParameters, GymnasiumEnv, RLTaskStarter
     from aquaml.algos.registry import default_models
     probe = GymnasiumEnv(task["env"])
@@ -60,6 +60,8 @@ def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: st
                             checkpoint_interval=0, optimizer_threads=threads)
     start = time.perf_counter()
     final = starter.run()
+    if not final:  # a worker rank under MPI: the optimizer rank evaluates
+        return None
     return {"wall_s": time.perf_counter() - start, **final}
 
 
