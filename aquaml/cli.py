@@ -56,6 +56,15 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _run_name(text: str) -> str:
+    from aquaml.storage import check_run_name
+    try:
+        return check_run_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one plain directory name (not empty, not '.' or '..', "
+                                         f"no '/'), got {text!r}") from None
+
+
 def _assignment(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -89,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     train.add_argument("--ranks", type=_positive_int, default=1,
                        help="MPI ranks (1 optimizer + K-1 workers); K > 1 relaunches under mpiexec")
-    train.add_argument("--name", default=None, help="run name under --run-root (default: <env>_<algo>)")
+    train.add_argument("--name", type=_run_name, default=None,
+                       help="run name under --run-root, one directory name (default: <env>_<algo>)")
     train.add_argument("--run-root", default="runs", help="directory that holds runs")
     train.add_argument("--resume", action="store_true",
                        help="continue run --name from its newest valid checkpoint (start it if it has none)")
@@ -192,6 +202,11 @@ def _mpiexec() -> str:
                    "AQUAML_MPIEXEC to your MPI launcher")
 
 
+def default_run_name(args: argparse.Namespace) -> str:
+    """``--name``, or ``<env>_<algo>`` with the ``/`` of a namespaced id (``ALE/Pong-v5``) made ``-``."""
+    return args.name if args.name is not None else f"{args.env.replace('/', '-')}_{args.algo}"
+
+
 def make_train_starter(cli: dict[str, Any]):
     """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
     from aquaml import PPO, SAC, RLTaskStarter
@@ -211,7 +226,7 @@ def make_train_starter(cli: dict[str, Any]):
     probe.close()
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,
-                             name=args.name or f"{args.env}_{args.algo}", run_root=args.run_root,
+                             name=default_run_name(args), run_root=args.run_root,
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,

@@ -1,5 +1,6 @@
 """Checkpoints: killed runs resume exactly, damaged checkpoints are skipped, nothing is half-written."""
 import csv
+import json
 import os
 import random
 import signal
@@ -155,14 +156,36 @@ def test_resume_refuses_a_changed_task_before_any_work(run_root):
     assert open(progress).read() == before
 
 
-def test_resume_without_a_checkpoint_starts_afresh_and_keeps_what_was_there(run_root):
-    os.makedirs(os.path.join(run_root, "run"))
-    with open(os.path.join(run_root, "run", "progress.csv"), "w") as f:
+def test_resume_without_a_checkpoint_sets_the_earlier_attempt_aside_and_says_where(run_root, capsys):
+    run_dir = os.path.join(run_root, "run")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:  # an attempt killed before its first checkpoint
+        json.dump({"name": "run", "algo": "SAC", "parameters": {}}, f)
+    with open(os.path.join(run_dir, "progress.csv"), "w") as f:
         f.write("global_step\n100\n")
     starter = small_starter(run_root, steps=200, resume=True)
     starter.run()
-    assert open(os.path.join(run_root, "run", "previous-1", "progress.csv")).read() == "global_step\n100\n"
+    assert open(os.path.join(run_dir, "previous-1", "progress.csv")).read() == "global_step\n100\n"
     assert [r["global_step"] for r in curve(starter.run_dir)] == ["100", "200"]
+    err = capsys.readouterr().err
+    assert f"moved config.json, progress.csv to {os.path.join(run_dir, 'previous-1')}" in err, err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b"])
+def test_a_name_that_is_not_one_plain_directory_name_is_refused(name, run_root):
+    with pytest.raises(ValueError, match="name must be one plain directory name"):
+        small_starter(run_root, name=name, resume=True)
+
+
+def test_resume_refuses_to_start_in_a_directory_that_holds_files_but_no_run(run_root):
+    """Only a directory holding an aquaml run (its config.json) is ever set aside: other files stay put."""
+    folder = os.path.join(run_root, "project")
+    os.makedirs(os.path.join(folder, "src"))
+    with open(os.path.join(folder, "important.txt"), "w") as f:
+        f.write("keep me")
+    with pytest.raises(ValueError, match="holds files but no aquaml run"):
+        small_starter(run_root, name="project", resume=True)
+    assert sorted(os.listdir(folder)) == ["important.txt", "src"]
 
 
 def test_bad_checkpoint_arguments_are_rejected(run_root):

@@ -135,3 +135,19 @@ def test_exported_policy_needs_only_tensorflow_and_matches_the_algorithm(run_roo
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert np.array_equal(np.array(eval(proc.stdout.strip().splitlines()[-1]), np.float32), expected)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../elsewhere"])
+def test_a_run_name_that_is_not_one_plain_directory_name_is_refused_and_nothing_moves(name, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """``--name ..`` with ``--resume`` in a project folder once moved the folder's files into previous-1/."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "important.txt").write_text("keep me")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.py").write_text("x = 1")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", "Pendulum-v1", "--steps", "100", "--name", name, "--resume"])
+    assert exit_info.value.code == 2
+    assert "--name: expected one plain directory name" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before

@@ -34,7 +34,7 @@ from aquaml.parallel.roles import run_task
 from aquaml.parallel.topology import make_topology
 from aquaml.run.progress import Progress
 from aquaml.models.recurrent import with_recurrent
-from aquaml.storage import set_aside_previous, unique_run_dir, write_text_atomic
+from aquaml.storage import check_run_name, previous_attempt, set_aside_previous, unique_run_dir, write_text_atomic
 from aquaml.acting.worker import Worker
 
 
@@ -83,8 +83,9 @@ class RLTaskStarter:
             None uses defaults.
         mpi_comm: the task's communicator; None means COMM_WORLD when the process was started as
             more than one rank, else one process. Rank 0 optimizes, every other rank is a worker.
-        name: the run's name; its files go to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix
-            if that already holds a run: nothing is overwritten).
+        name: the run's name, one plain directory name (not ``.`` or ``..``, no ``/``); its files go
+            to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix if that already holds a run:
+            nothing is overwritten).
         run_root: the directory that holds runs.
         eval_env: the evaluation environment (same forms as ``env``); None uses copies of ``env``.
             Up to ten copies run the ``calculate_episodes`` episodes side by side.
@@ -101,12 +102,16 @@ class RLTaskStarter:
         checkpoint_buffer: include the replay buffer in checkpoints (needed for an exact resume
             of SAC; off-policy runs resumed without it refill the buffer from scratch).
         resume: continue the run ``<run_root>/<name>`` from its newest valid checkpoint (damaged
-            ones are skipped with a warning); without a checkpoint there, start it afresh.
+            ones are skipped with a warning); without a checkpoint there, start it afresh, after
+            moving an earlier attempt's files (only from a directory that holds an aquaml run's
+            config.json) into ``previous-<k>/`` and saying so on stderr.
         config_extra: more entries for the run's config.json (the ``aquaml`` command records its
             flags there, so ``aquaml export`` can rebuild the models).
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
+        ValueError: an argument is out of range, such as a name that is not one plain directory
+            name, or a resume into a directory that holds files but no aquaml run.
         aquaml.SpecError, aquaml.ModelContractError: the environment or a model is inconsistent.
     """
 
@@ -123,8 +128,8 @@ class RLTaskStarter:
         if not isinstance(params, algo.parameters_class):
             raise TypeError(f"algo_hyperparameter must be a {algo.parameters_class.__name__} for {algo.name}, "
                             f"got {type(params).__name__}")
-        if name is not None and (not isinstance(name, str) or not name or os.sep in name):
-            raise ValueError(f"name must be a non-empty string without {os.sep!r}, got {name!r}")
+        if name is not None:
+            check_run_name(name)
         if checkpoint_interval is None:
             checkpoint_interval = max(params.total_steps // 10, 1)
         if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 0:
@@ -190,6 +195,7 @@ class RLTaskStarter:
         run_dir = os.path.join(self.run_root, self.name)
         path = Checkpointer(run_dir).latest()
         if path is None:
+            previous_attempt(run_dir)  # raises now, before any work, if run_dir holds a user's files
             return None
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
             saved = json.load(f)
@@ -264,8 +270,10 @@ class RLTaskStarter:
     def _open_run_dir(self) -> None:
         if self.resume:
             self.run_dir = os.path.join(self.run_root, self.name)
-            if self.restored is None:
-                set_aside_previous(self.run_dir)
+            moved = set_aside_previous(self.run_dir) if self.restored is None else None
+            if moved is not None:  # said even when quiet: the user's files changed place
+                print(f"[{self.name}] no checkpoint to resume in {self.run_dir}: moved {', '.join(moved[1])} "
+                      f"to {moved[0]}", file=sys.stderr, flush=True)
             os.makedirs(self.run_dir, exist_ok=True)
         else:
             self.run_dir = unique_run_dir(self.run_root, self.name)
