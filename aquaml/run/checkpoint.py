@@ -66,29 +66,33 @@ def save_replay(path: str, buffer: Any, counts: np.ndarray | None = None) -> Non
     """Write each slice's rows, oldest first, to an HDF5 file (gzip-compressed, chunked).
 
     ``counts`` caps each slice's counter (a worker's snapshot may predate rows written since);
-    rows overwritten in a ring that wrapped since are not saved.
+    rows overwritten in a ring that wrapped since, or that a worker may have been writing while
+    they were copied, are not saved (``first`` of the slice's group says where the rows begin).
     """
     import h5py
-    now = buffer.counters.copy()
+    now = buffer.read_counters()
     counts = now if counts is None else np.minimum(np.asarray(counts, np.int64), now)
     cap = buffer.slice_capacity
     with h5py.File(path, "w") as f:
         f.attrs["counters"] = counts
         f.attrs["slice_capacity"] = cap
         for s in range(buffer.num_slices):
-            oldest_valid = max(int(counts[s]) - cap, int(now[s]) - cap, 0)
-            rows = np.arange(oldest_valid, int(counts[s])) % cap
+            oldest = max(int(counts[s]) - cap, int(now[s]) - cap + buffer.write_margin, int(buffer.valid_from[s]), 0)
+            columns, first = buffer.copy_rows(s, min(oldest, int(counts[s])), int(counts[s]))
             group = f.create_group(f"slice_{s}")
-            group.attrs["first"] = oldest_valid
-            for name, array in buffer.arrays.items():
-                data = array[s, rows]
+            group.attrs["first"] = first
+            for name, data in columns.items():
                 chunks = (min(max(len(data), 1), 4096),) + data.shape[1:]
                 group.create_dataset(name, data=data, compression="gzip", compression_opts=1,
                                      chunks=chunks if len(data) else None)
 
 
 def load_replay(path: str, buffer: Any) -> None:
-    """Refill ``buffer`` (same layout as when saved) from ``save_replay``'s file."""
+    """Refill ``buffer`` (same layout as when saved) from ``save_replay``'s file.
+
+    The counters continue the saved counts; rows a slice's ring would count but the file lacks
+    are marked unheld (``buffer.valid_from``), so they are never sampled.
+    """
     import h5py
     with h5py.File(path, "r") as f:
         counts = np.asarray(f.attrs["counters"], np.int64)
@@ -101,6 +105,7 @@ def load_replay(path: str, buffer: Any) -> None:
             rows = np.arange(first, int(counts[s])) % buffer.slice_capacity
             for name, array in buffer.arrays.items():
                 array[s, rows] = group[name][...]
+            buffer.valid_from[s] = first
         buffer.store.fence()
         buffer.counters[:] = counts
 
