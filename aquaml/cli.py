@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue run --name from its newest valid checkpoint (start it if it has none)")
     train.add_argument("--checkpoint-interval", type=_non_negative_int, default=None,
                        help="steps between checkpoints; 0 = only at the end (default: a tenth of --steps)")
+    train.add_argument("--trust-checkpoint", action="store_true",
+                       help="with --resume: accept a checkpoint not signed with your key (copied from someone else, "
+                            "another machine, or an older aquaml); its pickled environments can run any code")
     train.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="newest checkpoints kept")
     train.add_argument("--no-checkpoint-buffer", action="store_true",
                        help="leave the replay buffer out of checkpoints (smaller; SAC resumes with an empty buffer)")
@@ -130,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="episode k is reset with seed + k")
     ev.add_argument("--env", default=None, help="gymnasium id (default: the one the run was trained on)")
     ev.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    ev.add_argument("--trust-policy", action="store_true",
+                    help="run the export's SavedModel even when it is not signed with your key (a SavedModel can "
+                         "run any TensorFlow op); without it, such a policy of default models is rebuilt from its "
+                         "weights and any other is refused")
 
     plot = sub.add_parser("plot", help="learning curves across seeds (seaborn)", formatter_class=fmt,
                           allow_abbrev=False)
@@ -230,7 +237,8 @@ def make_train_starter(cli: dict[str, Any]):
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
-                             resume=args.resume, config_extra={"cli": cli})
+                             resume=args.resume, config_extra={"cli": cli},
+                             trust_checkpoint=bool(cli.get("trust_checkpoint")))
     except (ValueError, TypeError, CheckpointError) as exc:  # SpecError and ModelContractError included
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
 
@@ -279,7 +287,7 @@ def _config(run: str) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from aquaml.envs import GymnasiumEnv
-    from aquaml.run.export import POLICY_JSON, load_policy
+    from aquaml.run.export import POLICY_JSON, UntrustedPolicyError, load_policy
     from aquaml.acting.worker import evaluate
 
     if not os.path.isdir(args.run):
@@ -288,7 +296,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not is_export and not os.path.isfile(os.path.join(args.run, "policy", POLICY_JSON)):
         raise CLIError(f"{args.run} holds no exported policy (runs write policy/ when training ends; for a run "
                        f"stopped early, first run: aquaml export {args.run} -o {os.path.join(args.run, 'policy')})")
-    policy = load_policy(args.run)
+    try:
+        policy = load_policy(args.run, trust=args.trust_policy)
+    except UntrustedPolicyError as exc:
+        raise CLIError(str(exc)) from None
+    if policy.source == "weights":
+        print(f"{args.run}: not signed with your key, so its SavedModel was not run; acting with its actor "
+              "rebuilt from policy.json and actor.weights.h5", file=sys.stderr)
     env_id = args.env or policy.env_id
     if env_id is None:
         raise CLIError(f"{args.run} was trained on an environment that is not a gymnasium id; pass --env ID")
@@ -328,16 +342,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if path is None:
         raise CLIError(f"{args.run} has no valid checkpoint")
     try:
-        Checkpointer.verify(path)
+        step = Checkpointer.verify(path)["step"]
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
-    arrays, state = Checkpointer.load(path)
+    arrays = Checkpointer.load_arrays(path)  # the variables alone: nothing from a pickle is needed to act
     cli = dict(config["cli"], quiet=True, resume=False)
     starter = make_train_starter(cli)
-    load_variables_state(starter.algo.state_groups(), arrays)
-    starter.algo.load_extra_state(state["algo"])
+    try:
+        load_variables_state(starter.algo.state_groups(), arrays)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
     export_policy(starter.algo, args.output, config.get("env_id"))
-    print(f"exported {path} (step {state['step']}) to {args.output}")
+    print(f"exported {path} (step {step}) to {args.output}")
     return 0
 
 

@@ -285,6 +285,15 @@ class PPO:
         extra = {k: v for k, v in out.items() if k not in ("action", "log_std", "value")}
         return {"action": action, "sample": sample, "log_prob": log_prob, **extra}
 
+    def deterministic_head(self) -> dict[str, Any]:
+        """How ``act(obs, deterministic=True)`` follows from the actor's outputs, as JSON data, for a
+        policy rebuilt from the actor's weights alone (``aquaml.run.export``): observations
+        normalised with the current statistics and clipped to ``obs_clip``, then the most likely
+        choice (``argmax``) or the mean clipped to [-1, 1] (``clip``)."""
+        return {"action": "argmax" if self.discrete else "clip", "obs_clip": float(self.params.obs_clip),
+                "normalize": {n: {"mean": self.norm_mean[n].numpy().tolist(), "var": self.norm_var[n].numpy().tolist()}
+                              for n in self.norm_names}}
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """For a batch of observations: ``action`` (for the environment), ``sample`` and ``log_prob``,
         and a recurrent actor's next state (``hidden1``, ...)."""

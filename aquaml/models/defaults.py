@@ -10,7 +10,8 @@ Every observation name is flattened and concatenated; continuous actors output t
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -83,6 +84,29 @@ class MLPCritic(_Body):
 
     def call(self, first, *more):
         return self.out(self.features((first,) + more))
+
+
+#: The default model classes by name: what a policy export may be rebuilt from without running
+#: anything it stores (``aquaml.run.export``).
+DEFAULT_MODEL_CLASSES = {"MLPActor": MLPActor, "MLPCritic": MLPCritic}
+
+
+def rebuild_default_model(class_name: str, config: Mapping[str, Any]) -> RLBaseModel:
+    """A fresh default model from its class name and ``get_config()``, taking only the arguments of
+    the class's constructor (nothing is deserialised: a Keras ``dtype`` entry, say, is not read).
+
+    Raises:
+        ValueError: ``class_name`` is not in ``DEFAULT_MODEL_CLASSES``, or an argument is missing.
+    """
+    cls = DEFAULT_MODEL_CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"{class_name!r} is not one of aquaml's default models {sorted(DEFAULT_MODEL_CLASSES)}")
+    wanted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")]
+    missing = [n for n in wanted if n not in config and
+               inspect.signature(cls.__init__).parameters[n].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"the {class_name} configuration lacks {missing}")
+    return cls(**{n: config[n] for n in wanted if n in config})
 
 
 def default_models(algo: str, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,

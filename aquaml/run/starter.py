@@ -20,8 +20,9 @@ import tensorflow as tf
 
 from aquaml.algos.sac import SAC
 from aquaml.buffers.replay import ReplayBuffer
-from aquaml.run.checkpoint import (Checkpointer, check_resumable, load_replay, load_variables_state, next_due,
-                               variables_state)
+from aquaml.run.checkpoint import (Checkpointer, check_resumable, check_variables_state, load_replay,
+                                   load_variables_state, next_due, variables_state)
+from aquaml.run.signing import user_key
 from aquaml.data import DataInfo
 from aquaml.envs import GymnasiumEnv, RLBaseEnv
 from aquaml.run.export import export_policy
@@ -107,12 +108,18 @@ class RLTaskStarter:
             config.json) into ``previous-<k>/`` and saying so on stderr.
         config_extra: more entries for the run's config.json (the ``aquaml`` command records its
             flags there, so ``aquaml export`` can rebuild the models).
+        trust_checkpoint: resume from a checkpoint even when it is not signed with your key
+            (``aquaml.run.signing``): one copied from someone else, from another machine, or written
+            by an older aquaml. Its environments are pickles, which can run any code: only for
+            checkpoints whose source you trust.
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
         ValueError: an argument is out of range, such as a name that is not one plain directory
             name, or a resume into a directory that holds files but no aquaml run.
         aquaml.SpecError, aquaml.ModelContractError: the environment or a model is inconsistent.
+        aquaml.CheckpointError: ``resume`` found a checkpoint that does not fit this task, or one
+            not signed with your key without ``trust_checkpoint``.
     """
 
     def __init__(self, env: Any, model_class_dict: Mapping[str, Callable], algo: type | None = None,
@@ -120,7 +127,7 @@ class RLTaskStarter:
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
                  verbose: bool = True, tensorboard: bool = True, checkpoint_interval: int | None = None,
                  keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False,
-                 config_extra: Mapping[str, Any] | None = None) -> None:
+                 config_extra: Mapping[str, Any] | None = None, trust_checkpoint: bool = False) -> None:
         algo = SAC if algo is None else algo
         if not (isinstance(algo, type) and hasattr(algo, "required_models")):
             raise TypeError(f"algo must be an aquaml algorithm class such as SAC or PPO, got {algo!r}")
@@ -141,6 +148,7 @@ class RLTaskStarter:
             raise ValueError("resume=True needs the name of the run to continue (name='...')")
         self.checkpoint_interval, self.keep_checkpoints = checkpoint_interval, keep_checkpoints
         self.checkpoint_buffer, self.resume = bool(checkpoint_buffer), bool(resume)
+        self.trust_checkpoint = bool(trust_checkpoint)
         if mpi_comm is None and launched_ranks() > 1:
             mpi_comm = mpi().COMM_WORLD
         self.topology = make_topology(mpi_comm) if mpi_comm is not None and mpi_comm.Get_size() > 1 else None
@@ -187,8 +195,10 @@ class RLTaskStarter:
         self.interrupted = False
         self.checkpointer: Checkpointer | None = None
         self.restored: tuple[dict, dict] | None = None
-        if self.resume and (self.topology is None or self.topology.is_optimizer):
-            self.restored = self._find_checkpoint()
+        if self.topology is None or self.topology.is_optimizer:
+            user_key()  # a key file others can read is refused now, not at the first checkpoint
+            if self.resume:
+                self.restored = self._find_checkpoint()
 
     def _find_checkpoint(self) -> tuple[dict, dict] | None:
         """The newest valid checkpoint of ``run_root/name``, checked against this task; None if none."""
@@ -200,7 +210,8 @@ class RLTaskStarter:
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
             saved = json.load(f)
         check_resumable(saved, self._config(), run_dir)
-        arrays, state = Checkpointer.load(path)
+        arrays, state = Checkpointer.load(path, trust=self.trust_checkpoint)
+        check_variables_state(self.algo.state_groups(), arrays)
         return arrays, state
 
     def _config(self) -> dict[str, Any]:
