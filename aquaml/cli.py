@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -72,6 +73,33 @@ def _assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+_GIVEN = "_given_once"
+
+
+class _StoreOnce(argparse._StoreAction):
+    """A flag with one value that may be given once: argparse would silently keep the last of two."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault(_GIVEN, {})
+        if self.dest in given and option_string is not None:
+            raise argparse.ArgumentError(self, f"given twice ({given[self.dest]} and {option_string} "
+                                               f"{_shown(values)}); give it once")
+        given[self.dest] = f"{option_string} {_shown(values)}"
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _shown(values: Any) -> str:
+    return ",".join(map(str, values)) if isinstance(values, tuple) else str(values)
+
+
+def _subcommand(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser whose one-value flags are ``_StoreOnce``."""
+    parser = sub.add_parser(name, allow_abbrev=False, **kwargs)
+    parser.register("action", None, _StoreOnce)
+    parser.register("action", "store", _StoreOnce)
+    return parser
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to every flag's help unless the help already says its default."""
 
@@ -90,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export}")
     fmt = _HelpFormatter
 
-    train = sub.add_parser("train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt,
-                           allow_abbrev=False)
+    train = _subcommand(sub, "train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt)
     train.add_argument("--env", required=True, help="gymnasium environment id, e.g. Pendulum-v1 (required)")
     train.add_argument("--algo", choices=ALGOS, default="sac", help="algorithm")
     train.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps in all")
@@ -127,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    ev = sub.add_parser("eval", help="evaluate a trained run's policy", formatter_class=fmt, allow_abbrev=False)
+    ev = _subcommand(sub, "eval", help="evaluate a trained run's policy", formatter_class=fmt)
     ev.add_argument("run", help="run directory (or a policy export directory)")
     ev.add_argument("--episodes", type=_positive_int, default=20, help="episodes to run")
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="episode k is reset with seed + k")
@@ -138,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "run any TensorFlow op); without it, such a policy of default models is rebuilt from its "
                          "weights and any other is refused")
 
-    plot = sub.add_parser("plot", help="learning curves across seeds (seaborn)", formatter_class=fmt,
-                          allow_abbrev=False)
+    plot = _subcommand(sub, "plot", help="learning curves across seeds (seaborn)", formatter_class=fmt)
     plot.add_argument("paths", nargs="+", metavar="RUN_OR_DIR", help="run directories or directories holding runs")
     plot.add_argument("-o", "--output", required=True, help="image file (.png, .pdf or .svg) (required)")
     plot.add_argument("--y", default="eval/return_mean", help="progress.csv column to plot")
@@ -147,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--points", type=_positive_int, default=200, help="points of the common x grid")
     plot.add_argument("--title", default=None, help="figure title")
 
-    export = sub.add_parser("export", help="export a run's policy for deployment (SavedModel and .keras)",
-                            formatter_class=fmt, allow_abbrev=False)
+    export = _subcommand(sub, "export", help="export a run's policy for deployment (SavedModel and .keras)",
+                         formatter_class=fmt)
     export.add_argument("run", help="run directory")
     export.add_argument("-o", "--output", required=True, help="export directory to write (required)")
     export.add_argument("--checkpoint", default="latest",
@@ -159,43 +185,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- train -------------------------------------------------------------------------------------
 def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
-    """The algorithm's parameters from the flags; ``--set`` values are parsed by the field's type."""
+    """The algorithm's parameters from the flags; ``--set`` values are parsed by the field's type.
+    An error the parameters class raises names the flag (or ``--set``) that gave the field."""
     cls = algo_cls.parameters_class
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {"total_steps": args.steps, "seed": args.seed}
+    origin = {"total_steps": f"--steps {args.steps}", "seed": f"--seed {args.seed}"}
     if args.eval_interval is not None:
         values["eval_interval"] = args.eval_interval
+        origin["eval_interval"] = f"--eval-interval {args.eval_interval}"
     if args.eval_episodes is not None:
         values["calculate_episodes"] = args.eval_episodes
+        origin["calculate_episodes"] = f"--eval-episodes {args.eval_episodes}"
     for key, text in args.set:
         if key not in fields:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
         if key in values:
             raise CLIError(f"--set {key} conflicts with a flag that sets {key} (or is given twice)")
-        values[key] = _parse_value(key, text, getattr(cls(), key))
+        values[key] = _parse_value(key, text, fields[key])
+        origin[key] = f"--set {key}={text}"
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+        named = [flag for key, flag in origin.items() if re.search(rf"\b{key}\b", str(exc))]
+        raise CLIError(f"{'; '.join(named)}: {exc}" if named else str(exc)) from None
 
 
-def _parse_value(key: str, text: str, default: Any) -> Any:
-    """``none`` -> None, true/false -> bool, then int, float, or the text; the parameters class
-    then checks the value against the field with its usual message."""
+def _parse_value(key: str, text: str, field: dataclasses.Field) -> Any:
+    """``none`` -> None, true/false -> bool, then int, float, or the text, as the field's type
+    allows; the parameters class then checks the value against the field with its usual message."""
+    kind = str(field.type)
     lowered = text.lower()
     if lowered in ("none", "null"):
+        if "None" not in kind:
+            raise CLIError(f"--set {key}: this field cannot be none ({kind}), got {text!r}")
         return None
     if lowered in ("true", "false"):
         return lowered == "true"
-    if isinstance(default, bool):
+    if kind == "bool":
         raise CLIError(f"--set {key}: expected true or false, got {text!r}")
-    for kind in (int, float):
+    for number in (int, float):
         try:
-            return kind(text)
+            return number(text)
         except ValueError:
             continue
-    if isinstance(default, (int, float)):
-        raise CLIError(f"--set {key}: expected a number, got {text!r}")
+    if re.search(r"\b(int|float)\b", kind) and "str" not in kind:
+        raise CLIError(f"--set {key}: expected a number{' or none' if 'None' in kind else ''}, got {text!r}")
     return text
 
 
@@ -371,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    vars(args).pop(_GIVEN, None)
     try:
         if args.command == "train":
             return cmd_train(args, argv)

@@ -161,6 +161,8 @@ class SACParameters:
                     ("learning_starts", "eval_interval", "seed", "max_worker_lead", "burn_in"))
         _check(self.burn_in < self.sequence_length, "burn_in", f"below sequence_length={self.sequence_length}",
                self.burn_in)
+        _check(self.buffer_size >= self.batch_size, "buffer_size",
+               f">= batch_size={self.batch_size} (the transitions one update samples)", self.buffer_size)
         _check(self.random_steps is None or (isinstance(self.random_steps, int) and self.random_steps >= 0),
                "random_steps", "None or an int >= 0", self.random_steps)
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)

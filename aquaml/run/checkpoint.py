@@ -389,6 +389,8 @@ def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.nda
 
 #: Parameters a resumed run may change: how long it trains, and how it reports.
 RESUMABLE_CHANGES = ("total_steps", "display_interval", "calculate_episodes")
+#: ``aquaml train`` flags (config.json ``cli``) that shape its default models, by config key.
+_CLI_MODEL_FLAGS = {"hidden": "--hidden", "learning_rate": "--learning-rate"}
 
 
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: str) -> None:
@@ -405,6 +407,10 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_di
     for key in sorted(set(old) | set(new)):
         if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
             problems.append(f"parameters.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    old_cli, new_cli = saved.get("cli") or {}, current.get("cli") or {}
+    for key, flag in _CLI_MODEL_FLAGS.items():  # the default models the aquaml command built
+        if key in old_cli and key in new_cli and old_cli[key] != new_cli[key]:
+            problems.append(f"{flag}: checkpoint {old_cli[key]!r}, now {new_cli[key]!r}")
     old_models = {k: v.get("input_name") for k, v in saved.get("models", {}).items()}
     new_models = {k: v.get("input_name") for k, v in current.get("models", {}).items()}
     if old_models != new_models:
