@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from aquaml.data import DataInfo
 from aquaml.run import signing
 from aquaml.storage import replace_dir
 
@@ -401,8 +402,11 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_di
     """
     problems = []
     for key in ("algo", "obs_info", "action_info", "ranks"):
-        if saved.get(key) != current.get(key):
-            problems.append(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}")
+        old, new = saved.get(key), current.get(key)
+        if key.endswith("_info") and isinstance(old, dict):  # the same spec, however an older aquaml wrote it
+            old = DataInfo.from_dict(old).to_dict()
+        if old != new:
+            problems.append(f"{key}: checkpoint {old!r}, now {new!r}")
     old, new = saved.get("parameters", {}), current.get("parameters", {})
     for key in sorted(set(old) | set(new)):
         if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
