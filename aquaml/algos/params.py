@@ -248,7 +248,8 @@ class PPOParameters:
     normalize_advantage: bool = True
     """Normalise advantages to zero mean, unit std within each minibatch."""
     target_kl: float | None = None
-    """Stop a training round early once a minibatch's approximate KL exceeds 1.5 x this; None: never."""
+    """End a training round at the first minibatch whose approximate KL, measured before its gradient
+    step, exceeds 1.5 x this, without taking that step (Stable-Baselines3's rule); None: never."""
     normalize_obs: bool = False
     """Normalise float observations by running mean/std merged from every worker's rollouts."""
     obs_clip: float = 10.0
