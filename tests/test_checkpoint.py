@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,3 +204,28 @@ def test_resuming_a_finished_sac_run_under_mpi_ends_instead_of_waiting(run_root)
     out = run(script(run_root, "done", *args, "--resume", ranks=3), timeout=120).stdout
     assert out.count("done") == 3
     assert max(Checkpointer(os.path.join(run_root, "done")).steps()) == 400
+
+
+def tensorboard_scalars(run_dir, tag):
+    """(step, value) of every event of ``tag`` in the run's TensorBoard files, in step order."""
+    import tensorflow as tf
+    found = []
+    for name in sorted(os.listdir(run_dir)):
+        if "tfevents" in name:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(run_dir, name)):
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        found.append((event.step, float(tf.make_ndarray(value.tensor))))
+    return sorted(found)
+
+
+def test_tensorboard_after_a_resume_shows_what_progress_csv_shows(cli_runs):
+    """Killed after its row at step 200 but before that checkpoint was complete, then resumed: TensorBoard
+    must not keep the lost attempt's step-200 events beside the resumed ones."""
+    from conftest import resume_cli_run
+    run_dir = str(cli_runs / "run")
+    shutil.rmtree(Checkpointer(run_dir).path(200))
+    assert resume_cli_run(cli_runs, 200) == 0
+    rows = [(int(r["global_step"]), float(r["charts/updates"])) for r in csv.DictReader(open(os.path.join(run_dir, "progress.csv")))]
+    assert [s for s, _ in rows] == [100, 200]
+    assert tensorboard_scalars(run_dir, "charts/updates") == rows
