@@ -486,11 +486,27 @@ class PPO:
         else:
             sums, count, epochs = self._train_flat(data)
         explained = 1.0 - np.var(data["return"] - data["value"]) / max(np.var(data["return"]), 1e-12)
+        self._fold_statistics(data)
+        return np.concatenate([sums / max(count, 1), [explained, epochs]])
+
+    def _fold_statistics(self, obs: Mapping[str, np.ndarray]) -> None:
+        """Fold observations (rows of every normalised name) into the statistics acting uses."""
         for name in self.norm_names:
-            self.obs_rms[name].update(data[name])
+            self.obs_rms[name].update(obs[name])
             self.norm_mean[name].assign(self.obs_rms[name].mean.astype(np.float32))
             self.norm_var[name].assign(self.obs_rms[name].var.astype(np.float32))
-        return np.concatenate([sums / max(count, 1), [explained, epochs]])
+
+    def cloning_inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Recorded observations (the actor's inputs, ``(rows, *shape)``) as the actor sees them when
+        this PPO acts, for ``aquaml.behaviour_cloning``: with ``normalize_obs``, folded into the
+        observation statistics first (as a training round folds in its rollout), then normalised."""
+        missing = [n for n in self.norm_names if n not in obs]
+        if missing:
+            raise SpecError(f"PPO normalises {missing} too (its critic reads them); give every one of "
+                            f"{list(self.norm_names)}")
+        self._fold_statistics(obs)
+        scaled = self._normalize({n: tf.convert_to_tensor(obs[n]) for n in self.norm_names})
+        return {n: np.asarray(scaled[n]) if n in scaled else np.asarray(obs[n]) for n in obs}
 
     def _train_flat(self, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int, int]:
         """The epochs of a round over shuffled single steps; returns (summed metrics, minibatches, epochs)."""

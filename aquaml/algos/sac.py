@@ -211,6 +211,11 @@ class SAC:
         data, for a policy rebuilt from the actor's weights alone (``aquaml.run.export``): its tanh."""
         return {"action": "tanh", "normalize": {}}
 
+    def cloning_inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Recorded observations as the actor sees them when SAC acts (``aquaml.behaviour_cloning``):
+        unchanged."""
+        return dict(obs)
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """Actions for a batch of observations: ``{'action': (batch, *action_shape), ...state}``."""
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")
