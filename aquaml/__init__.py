@@ -13,6 +13,7 @@ import os as _os
 
 # TensorFlow prints hardware notes at import; keep them out of training logs unless asked for.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_importlib.import_module("aquaml._tensorflow_import").install()
 
 __version__ = "0.1.0"
 
