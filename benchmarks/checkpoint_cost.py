@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from aquaml.parallel.devices import limit_tf_threads  # noqa: E402
 
 MB = 1e6
-FILES = ("algo.npz", "state.pkl", "replay.h5", "MANIFEST.json")
+FILES = ("algo.npz", "state.json", "state.npz", "workers.0.envs.pkl", "replay.h5", "MANIFEST.json")
 
 
 def manifest_sizes(path: str) -> dict[str, int]:

@@ -412,6 +412,12 @@ class DQN(OffPolicyAlgorithm):
         """The greedy action ``argmax Q`` ``(batch,)`` int64, as TensorFlow ops."""
         return self._act(obs, True)
 
+    def deterministic_head(self) -> dict[str, Any]:
+        """How the greedy action follows from the Q-network's ``action`` output, as JSON data, for
+        a policy rebuilt from its weights alone (``aquaml.run.export``): its argmax (with dueling
+        heads too: ``V`` and ``mean(A)`` are the same for every choice)."""
+        return {"action": "argmax", "normalize": {}}
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """Actions ``{'action': (batch,) int64}`` for a batch of observations: greedy, or exploring
         (epsilon-greedy or Boltzmann) with the schedule at this process's step count."""

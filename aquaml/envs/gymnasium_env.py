@@ -6,7 +6,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from aquaml.data import DataInfo, SpecError, space_entries
+from aquaml.data import DataInfo, SpecError, box_bounds, space_entries
 from aquaml.envs.base import RLBaseEnv, StepResult, normalize_step
 
 #: The action spaces GymnasiumEnv takes, as its refusal lists them.
@@ -22,8 +22,7 @@ def action_info_from_space(space: Any) -> DataInfo:
         SpecError: any other space, naming the ones supported.
     """
     if isinstance(space, gym.spaces.Box):
-        return DataInfo("action", space.shape, np.float32,
-                        {"action": {"low": space.low.tolist(), "high": space.high.tolist()}})
+        return DataInfo("action", space.shape, np.float32, {"action": box_bounds(space.low, space.high)})
     if isinstance(space, gym.spaces.Discrete):
         return DataInfo.from_space(space, "action")
     if isinstance(space, gym.spaces.MultiDiscrete):

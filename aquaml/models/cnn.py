@@ -1,5 +1,5 @@
-"""Encoders of the default models: the Nature-DQN convolutional trunk for images, one-hot codes for
-discrete observations, flattening for everything else.
+"""The image encoder of the default models (``aquaml.models.defaults.input_encoding`` chooses it):
+the Nature-DQN convolutional trunk.
 
 An observation entry is an image when it is uint8 and laid out as
 
@@ -9,13 +9,13 @@ An observation entry is an image when it is uint8 and laid out as
 - ``(K, H, W, C)``: ``K`` stacked colour frames (folded into ``K * C`` channels),
 
 and both ``H`` and ``W`` are at least 36 (the smallest input the trunk's three convolutions
-reduce to one cell). Its pixels are scaled to [0, 1] and go through the trunk of Mnih et al.
-(2015): 32 8x8 filters stride 4, 64 4x4 stride 2, 64 3x3 stride 1, each ReLU, then 512 ReLU units.
-A Dict observation mixing images and vectors is encoded entry by entry and concatenated.
+reduce to one cell). Its pixels, scaled to [0, 1], go through the trunk of Mnih et al. (2015):
+32 8x8 filters stride 4, 64 4x4 stride 2, 64 3x3 stride 1, each ReLU, then 512 ReLU units. A
+Dict observation mixing images and vectors is encoded entry by entry and concatenated.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -39,14 +39,8 @@ def image_layout(shape: Sequence[int], dtype: Any) -> str | None:
     return None
 
 
-def input_spec(shape: Sequence[int], dtype: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """What the encoder needs to know of one entry, JSON-able (it goes into the model's config)."""
-    return {"shape": [int(d) for d in shape], "dtype": np.dtype(dtype).name,
-            "choices": int(meta["n"]) if "n" in meta and tuple(shape) == () else None}
-
-
 class NatureCNN(tf.keras.layers.Layer):
-    """The Nature-DQN trunk: uint8 images ``(batch, H, W, C)`` -> features ``(batch, 512)``."""
+    """The Nature-DQN trunk: images ``(batch, H, W, C)`` scaled to [0, 1] -> features ``(batch, 512)``."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -57,43 +51,14 @@ class NatureCNN(tf.keras.layers.Layer):
         self.dense = tf.keras.layers.Dense(512, activation="relu")
 
     def call(self, images: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(images, tf.float32) * (1.0 / 255.0)
+        x = images
         for conv in self.convolutions:
             x = conv(x)
         return self.dense(self.flatten(x))
 
 
-class ObservationEncoder(tf.keras.layers.Layer):
-    """Every input entry to one feature vector ``(batch, features)``: images through their own
-    ``NatureCNN``, discrete entries (``choices``) one-hot, the rest cast to float and flattened.
-
-    Args:
-        specs: one ``input_spec`` dict per input, in call order.
-    """
-
-    def __init__(self, specs: Sequence[Mapping[str, Any]], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.specs = [dict(s) for s in specs]
-        self.layouts = [image_layout(s["shape"], s["dtype"]) for s in self.specs]
-        self.trunks = [NatureCNN() if layout else None for layout in self.layouts]
-
-    @property
-    def has_images(self) -> bool:
-        return any(self.layouts)
-
-    def call(self, inputs: Sequence[tf.Tensor]) -> tf.Tensor:
-        parts = []
-        for x, spec, layout, trunk in zip(inputs, self.specs, self.layouts, self.trunks):
-            if layout is not None:
-                parts.append(trunk(_channels_last(x, layout)))
-            elif spec["choices"] is not None:
-                parts.append(tf.one_hot(tf.cast(tf.reshape(x, [-1]), tf.int32), spec["choices"]))
-            else:
-                parts.append(tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]))
-        return parts[0] if len(parts) == 1 else tf.concat(parts, -1)
-
-
-def _channels_last(x: tf.Tensor, layout: str) -> tf.Tensor:
+def channels_last(x: tf.Tensor, layout: str) -> tf.Tensor:
+    """An image batch of ``layout`` as ``(batch, H, W, channels)``: stacked frames become channels."""
     if layout == "khw":
         return tf.transpose(x, [0, 2, 3, 1])
     if layout == "khwc":

@@ -5,36 +5,64 @@ what ``aquaml train --env ID`` uses, and a quick start in Python::
 
     models = aquaml.default_models("sac", env.obs_info, env.action_info)
 
-Every observation name is encoded (``aquaml.models.cnn``: uint8 images through the Nature-DQN
-trunk, discrete entries one-hot, the rest flattened) and concatenated; continuous actors output the
-Gaussian mean (pre-tanh for SAC) and, for SAC, a state-dependent ``log_std``; PPO's continuous actor
-leaves ``log_std`` to the algorithm's state-independent parameter; discrete actors output logits;
-DQN's Q-network one Q-value per choice (and a state value with dueling heads).
+Every observation name is encoded by what its spec says it is (``input_encoding``: a Discrete
+choice one-hot, a uint8 image scaled to [0, 1] and sent through the Nature-DQN trunk of
+``aquaml.models.cnn``, other uint8 values scaled, anything else as floats), flattened and
+concatenated; continuous actors output the Gaussian mean (pre-tanh for SAC) and, for SAC, a
+state-dependent ``log_std``; PPO's continuous actor leaves ``log_std`` to the algorithm's
+state-independent parameter; discrete actors output logits; DQN's Q-network one Q-value per
+choice (and a state value with dueling heads).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import inspect
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from aquaml.data import DataInfo
 from aquaml.models.base import RLBaseModel, actor_action_shape
-from aquaml.models.cnn import ObservationEncoder, input_spec
+from aquaml.models.cnn import NatureCNN, channels_last, image_layout
+
+def input_encoding(info: DataInfo, name: str) -> dict[str, Any]:
+    """How the default models feed the entry ``name`` of ``info`` to their first layer, as JSON data:
+    ``{'one_hot': n, 'start': s}`` for a Discrete choice (an index is no magnitude), ``{'scale': 1/high}``
+    for uint8 values such as image pixels (bounded by ``high``, 255 when the spec has no bound), with
+    ``'image': layout`` too when they are laid out as an image (``aquaml.models.cnn.image_layout``),
+    ``{}`` to take the values as floats."""
+    meta = info.meta(name)
+    if "n" in meta and info.shape(name) == ():
+        return {"one_hot": int(meta["n"]), "start": int(meta.get("start", 0))}
+    if info.dtype(name) == np.uint8:
+        high = float(np.max(meta["high"])) if "high" in meta else 255.0
+        layout = image_layout(info.shape(name), info.dtype(name))
+        return {"scale": 1.0 / max(high, 1.0), **({"image": layout} if layout else {})}
+    return {}
+
+
+def encode_input(x: tf.Tensor, encoding: Mapping[str, Any]) -> tf.Tensor:
+    """``x`` (batch, ...) as float32 features by its ``input_encoding``. The one-hot is built from
+    ops that numpy acting runs (``aquaml.acting.inference`` has no OneHot)."""
+    if "one_hot" in encoding:
+        choices = tf.constant(np.arange(encoding["one_hot"], dtype=np.int64))
+        index = tf.cast(x, tf.int64) - encoding["start"]
+        return tf.cast(tf.equal(tf.expand_dims(index, -1), choices), tf.float32)
+    x = tf.cast(x, tf.float32)
+    return x * encoding["scale"] if "scale" in encoding else x
 
 
 class _Body(RLBaseModel):
-    """Encode and concatenate the named inputs, then a stack of dense layers.
-
-    ``input_specs`` (one ``aquaml.models.cnn.input_spec`` per observation input) selects each
-    input's encoder; without it every input is flattened.
-    """
+    """Encode (``input_encodings``; images through their own ``NatureCNN``), flatten and
+    concatenate the named inputs, then dense layers."""
 
     def __init__(self, input_names: Sequence[str], hidden: Sequence[int], activation: str,
-                 input_specs: Sequence[dict] | None = None, **kwargs) -> None:
+                 input_encodings: Mapping[str, Mapping[str, Any]] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.input_name = tuple(input_names)
-        self.encoder = None if input_specs is None else ObservationEncoder(input_specs)
+        self.input_encodings = {n: dict(input_encodings.get(n, {})) if input_encodings else {}
+                                for n in self.input_name}
+        self.trunks = [NatureCNN() if "image" in self.input_encodings[n] else None for n in self.input_name]
         self.hidden_layers = [tf.keras.layers.Dense(int(w), activation=activation) for w in hidden]
 
     def build(self, *shapes, **named) -> None:
@@ -47,12 +75,11 @@ class _Body(RLBaseModel):
         return {**super().get_config(), **self._config}
 
     def features(self, inputs) -> tf.Tensor:
-        if self.encoder is not None:
-            observed = len(self.encoder.specs)  # a critic's action comes after the observations
-            flat = [self.encoder(inputs[:observed])] + [tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1])
-                                                        for x in inputs[observed:]]
-        else:
-            flat = [tf.reshape(tf.cast(x, tf.float32), [tf.shape(x)[0], -1]) for x in inputs]
+        encoded = []
+        for n, x, trunk in zip(self.input_name, inputs, self.trunks):
+            x = encode_input(x, self.input_encodings[n])
+            encoded.append(x if trunk is None else trunk(channels_last(x, self.input_encodings[n]["image"])))
+        flat = [tf.reshape(x, [tf.shape(x)[0], -1]) for x in encoded]
         x = flat[0] if len(flat) == 1 else tf.concat(flat, -1)
         for layer in self.hidden_layers:
             x = layer(x)
@@ -62,11 +89,11 @@ class _Body(RLBaseModel):
 class MLPActor(_Body):
     def __init__(self, obs_names: Sequence[str], action_shape: Sequence[int], hidden: Sequence[int],
                  log_std_output: bool, learning_rate: float, activation: str = "relu",
-                 input_specs: Sequence[dict] | None = None, **kwargs) -> None:
-        super().__init__(obs_names, hidden, activation, input_specs, **kwargs)
+                 input_encodings: Mapping[str, Mapping[str, Any]] | None = None, **kwargs) -> None:
+        super().__init__(obs_names, hidden, activation, input_encodings, **kwargs)
         self._config = {"obs_names": list(obs_names), "action_shape": list(action_shape), "hidden": list(hidden),
                         "log_std_output": log_std_output, "learning_rate": learning_rate, "activation": activation,
-                        "input_specs": input_specs}
+                        "input_encodings": self.input_encodings}
         units = int(np.prod(action_shape))
         self.action_shape = tuple(action_shape)
         self.mean = tf.keras.layers.Dense(units, kernel_initializer=tf.keras.initializers.Orthogonal(0.01))
@@ -88,12 +115,13 @@ class MLPCritic(_Body):
     """Q(obs, action) when ``takes_action``, else V(obs)."""
 
     def __init__(self, obs_names: Sequence[str], hidden: Sequence[int], takes_action: bool,
-                 learning_rate: float, activation: str = "relu", input_specs: Sequence[dict] | None = None,
-                 **kwargs) -> None:
-        super().__init__(tuple(obs_names) + (("action",) if takes_action else ()), hidden, activation, input_specs,
-                         **kwargs)
+                 learning_rate: float, activation: str = "relu",
+                 input_encodings: Mapping[str, Mapping[str, Any]] | None = None, **kwargs) -> None:
+        super().__init__(tuple(obs_names) + (("action",) if takes_action else ()), hidden, activation,
+                         input_encodings, **kwargs)
         self._config = {"obs_names": list(obs_names), "hidden": list(hidden), "takes_action": takes_action,
-                        "learning_rate": learning_rate, "activation": activation, "input_specs": input_specs}
+                        "learning_rate": learning_rate, "activation": activation,
+                        "input_encodings": self.input_encodings}
         self.out = tf.keras.layers.Dense(1)
         self.learning_rate = learning_rate
 
@@ -106,12 +134,12 @@ class QNetwork(_Body):
     stream (``action``) and the state value (``value``) on the same features."""
 
     def __init__(self, obs_names: Sequence[str], num_actions: int, hidden: Sequence[int], dueling: bool,
-                 learning_rate: float, activation: str = "relu", input_specs: Sequence[dict] | None = None,
-                 **kwargs) -> None:
-        super().__init__(obs_names, hidden, activation, input_specs, **kwargs)
+                 learning_rate: float, activation: str = "relu",
+                 input_encodings: Mapping[str, Mapping[str, Any]] | None = None, **kwargs) -> None:
+        super().__init__(obs_names, hidden, activation, input_encodings, **kwargs)
         self._config = {"obs_names": list(obs_names), "num_actions": int(num_actions), "hidden": list(hidden),
                         "dueling": dueling, "learning_rate": learning_rate, "activation": activation,
-                        "input_specs": input_specs}
+                        "input_encodings": self.input_encodings}
         self.q = tf.keras.layers.Dense(int(num_actions))
         self.value = tf.keras.layers.Dense(1) if dueling else None
         self.learning_rate = learning_rate
@@ -124,16 +152,16 @@ class QNetwork(_Body):
         return (self.q(x),) if self.value is None else (self.q(x), self.value(x))
 
 
+def input_encodings(obs_info: DataInfo) -> dict[str, dict[str, Any]] | None:
+    """``input_encoding`` of every observation name that needs one (None when none does)."""
+    return {n: input_encoding(obs_info, n) for n in obs_info.names if input_encoding(obs_info, n)} or None
+
+
 def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
     hidden = tuple(hidden)
     if not hidden or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w <= 0 for w in hidden):
         raise ValueError(f"hidden must be positive layer widths such as (256, 256), got {hidden!r}")
     return hidden
-
-
-def _input_specs(obs_info: DataInfo) -> list[dict]:
-    """How each observation name is encoded (``aquaml.models.cnn.input_spec``)."""
-    return [input_spec(obs_info.shape(n), obs_info.dtype(n), obs_info.meta(n)) for n in obs_info.names]
 
 
 def mlp_actor(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], learning_rate: float,
@@ -145,8 +173,9 @@ def mlp_actor(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], 
         ValueError: a hidden width is not a positive int.
     """
     names, shape, hidden = tuple(obs_info.names), actor_action_shape(action_info), _check_hidden(hidden)
-    specs = _input_specs(obs_info)
-    return lambda: MLPActor(names, shape, hidden, log_std, learning_rate, activation=activation, input_specs=specs)
+    encodings = input_encodings(obs_info)
+    return lambda: MLPActor(names, shape, hidden, log_std, learning_rate, activation=activation,
+                            input_encodings=encodings)
 
 
 def mlp_critic(obs_info: DataInfo, hidden: Sequence[int], learning_rate: float, takes_action: bool,
@@ -157,8 +186,9 @@ def mlp_critic(obs_info: DataInfo, hidden: Sequence[int], learning_rate: float, 
         ValueError: a hidden width is not a positive int.
     """
     names, hidden = tuple(obs_info.names), _check_hidden(hidden)
-    specs = _input_specs(obs_info)
-    return lambda: MLPCritic(names, hidden, takes_action, learning_rate, activation=activation, input_specs=specs)
+    encodings = input_encodings(obs_info)
+    return lambda: MLPCritic(names, hidden, takes_action, learning_rate, activation=activation,
+                             input_encodings=encodings)
 
 
 def q_network(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], learning_rate: float,
@@ -169,6 +199,31 @@ def q_network(obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int], 
     Raises:
         ValueError: a hidden width is not a positive int.
     """
-    names, hidden, specs = tuple(obs_info.names), _check_hidden(hidden), _input_specs(obs_info)
+    names, hidden, encodings = tuple(obs_info.names), _check_hidden(hidden), input_encodings(obs_info)
     num_actions = actor_action_shape(action_info)[0]
-    return lambda: QNetwork(names, num_actions, hidden, dueling, learning_rate, input_specs=specs)
+    return lambda: QNetwork(names, num_actions, hidden, dueling, learning_rate, input_encodings=encodings)
+
+
+#: The default model classes by name: what a policy export may be rebuilt from without running
+#: anything it stores (``aquaml.run.export``).
+DEFAULT_MODEL_CLASSES = {"MLPActor": MLPActor, "MLPCritic": MLPCritic, "QNetwork": QNetwork}
+
+
+def rebuild_default_model(class_name: str, config: Mapping[str, Any]) -> RLBaseModel:
+    """A fresh default model from its class name and ``get_config()``, taking only the arguments of
+    the class's constructor (nothing is deserialised: a Keras ``dtype`` entry, say, is not read).
+
+    Raises:
+        ValueError: ``class_name`` is not in ``DEFAULT_MODEL_CLASSES``, or an argument is missing.
+    """
+    cls = DEFAULT_MODEL_CLASSES.get(class_name)
+    if cls is None:
+        raise ValueError(f"{class_name!r} is not one of aquaml's default models {sorted(DEFAULT_MODEL_CLASSES)}")
+    wanted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")]
+    missing = [n for n in wanted if n not in config and
+               inspect.signature(cls.__init__).parameters[n].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"the {class_name} configuration lacks {missing}")
+    return cls(**{n: config[n] for n in wanted if n in config})
+
+
