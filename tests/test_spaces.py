@@ -72,7 +72,7 @@ def test_dqn_trains_on_every_common_observation_space(name, obs_space, run_root)
         assert starter.obs_info.names == ("obs_0", "obs_1")
     if "image" in name:  # the default Q-network sends the image through the Nature-DQN trunk
         model = starter.algo.actor.model
-        assert model.encoder.has_images
+        assert any(trunk is not None for trunk in model.trunks)
         assert any(len(w.shape) == 4 for w in model.weights)  # convolution kernels
 
 

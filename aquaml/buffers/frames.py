@@ -80,6 +80,9 @@ class FrameReplayBuffer(ReplayBuffer):
         self.counters = arrays.pop("__counters__")
         self.arrays = arrays
         self._plain = tuple(n for n in info.names if n not in skipped)
+        # as ReplayBuffer's: rows a concurrent writer may be filling, and rows lost at a resume
+        self.write_margin = stride if self.store.concurrent else 0
+        self.valid_from = np.zeros(num_slices, np.int64)
 
     def write(self, slice_index: int, transition: Mapping[str, np.ndarray]) -> None:
         self.write_batch(slice_index, {k: np.asarray(v)[None] for k, v in transition.items()})
@@ -122,7 +125,7 @@ class FrameReplayBuffer(ReplayBuffer):
     def valid(self, slices: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Whether the stacks of the given global rows can be rebuilt: their chain's padding is
         known or they read ``k - 1`` earlier rows, and those rows are still held."""
-        first = np.maximum(self.counters[slices] - self.slice_capacity, 0)
+        first = self._oldest_whole(self.read_counters())[slices]
         local = rows % self.slice_capacity
         ok = np.ones(len(rows), bool)
         for name in self.stacked:
