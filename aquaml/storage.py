@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -120,3 +121,12 @@ def set_aside_previous(run_dir: str) -> tuple[str, list[str]] | None:
     for name in leftovers:
         os.replace(os.path.join(run_dir, name), os.path.join(target, name))
     return target, leftovers
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of the file at ``path``, as hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

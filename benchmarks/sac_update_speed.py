@@ -4,14 +4,16 @@
         [--threads 1] [--inter-threads 1] [--per-call K] [--read-weights] [--finite-check-cost]
 
 Prints the median over repeats of updates per second, timed after a warm-up that includes tracing.
-Compare with Stable-Baselines3's steps/s from ../shared/peers/sb3_sac_pendulum.sh (one update per step).
+Compare with Stable-Baselines3's steps/s from ``benchmarks/sb3_sac_pendulum.py`` (one update per step).
 
 The optimizer rank's settings under MPI: ``--inter-threads 2 --threads 2`` (its default thread
 pools on this machine) with ``--per-call 8`` (``update_many``, which also returns the actor's
 weights flat); ``--read-weights`` adds the per-variable read of the actor's weights after every
 call that the optimizer made before ``update_many``. ``--finite-check-cost`` hands every call's
 metrics to the run's ``Progress.add_metrics`` (which checks them for NaN and infinities) in
-alternate repeats and prints that cost's share of the update rate.
+alternate repeats and prints that cost's share of the update rate, then times the check alone
+(as many calls as a repeat) against a call's median time: the difference of rates is noise-wide
+on a shared machine.
 """
 import argparse
 import os
@@ -89,6 +91,13 @@ def main() -> None:
         cost = 1.0 - statistics.median(checked) / statistics.median(rates)
         print(f"finite_check_cost on updates/s: {100 * cost:.2f}% (updates/s without the check: "
               f"{', '.join(f'{r:.1f}' for r in rates)}; with it: {', '.join(f'{r:.1f}' for r in checked)})")
+        metrics = np.asarray(out[0] if isinstance(out, tuple) else out)
+        start = time.perf_counter()
+        for _ in range(n_calls):
+            progress.add_metrics(metrics)
+        alone = (time.perf_counter() - start) / n_calls
+        share = alone * statistics.median(rates) / per_call
+        print(f"finite_check_cost direct: {1e6 * alone:.1f} us per call alone, {100 * share:.3f}% of a call's time")
     print(f"sac_update_speed batch=256 hidden=256x256 threads={args.threads} inter_threads={args.inter_threads} "
           f"per_call={args.per_call} read_weights={args.read_weights} jit={args.jit} "
           f"updates_per_s={statistics.median(rates):.1f} (repeats: {', '.join(f'{r:.1f}' for r in rates)})")

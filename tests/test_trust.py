@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from aquaml import load_policy
 from aquaml.cli import main
-from aquaml.run.checkpoint import Checkpointer, _sha256
+from aquaml.run.checkpoint import Checkpointer
+from aquaml.storage import file_sha256
 from aquaml.run import signing
 from conftest import resume_cli_run
 
@@ -42,7 +43,7 @@ def plant_pickles(checkpoint, marker):
         with open(os.path.join(checkpoint, name), "wb") as f:
             f.write(code_that_writes(marker))
         manifest["files"][name] = {"bytes": os.path.getsize(os.path.join(checkpoint, name)),
-                                   "sha256": _sha256(os.path.join(checkpoint, name))}
+                                   "sha256": file_sha256(os.path.join(checkpoint, name))}
     json.dump(manifest, open(path, "w"))
     assert planted
     Checkpointer.verify(checkpoint)  # the checksums check out: only a signature can tell
@@ -100,7 +101,7 @@ def test_a_format_1_checkpoint_resumes_only_when_trusted(runs, capsys):
             os.remove(os.path.join(path, name))
     with open(os.path.join(path, "state.pkl"), "wb") as f:
         pickle.dump(state, f)
-    files = {n: {"bytes": os.path.getsize(os.path.join(path, n)), "sha256": _sha256(os.path.join(path, n))}
+    files = {n: {"bytes": os.path.getsize(os.path.join(path, n)), "sha256": file_sha256(os.path.join(path, n))}
              for n in sorted(os.listdir(path))}
     json.dump({"format": 1, "step": 200, "files": files, "written": 0.0}, open(os.path.join(path, "MANIFEST.json"), "w"))
     with pytest.raises(SystemExit):

@@ -39,7 +39,7 @@ import numpy as np
 from aquaml.buffers.replay import ReplayBuffer
 from aquaml.data import DataInfo
 from aquaml.run import signing
-from aquaml.storage import replace_dir
+from aquaml.storage import file_sha256, replace_dir
 
 MANIFEST = "MANIFEST.json"
 FORMAT_VERSION = 2
@@ -110,14 +110,6 @@ def decode_state(value: Any, arrays: Mapping[str, np.ndarray], pickle_bytes: Any
     if isinstance(value, list):
         return [decode_state(v, arrays, pickle_bytes) for v in value]
     return value
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: str) -> None:
@@ -216,7 +208,7 @@ class Checkpointer:
                 full = os.path.join(tmp, name)
                 with open(full, "rb+") as f:
                     os.fsync(f.fileno())
-                files[name] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+                files[name] = {"bytes": os.path.getsize(full), "sha256": file_sha256(full)}
             manifest = {"format": FORMAT_VERSION, "step": int(step), "files": files, "written": time.time()}
             manifest["signature"] = signing.sign(manifest)
             with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
@@ -293,7 +285,7 @@ class Checkpointer:
             size = os.path.getsize(full)
             if size != want["bytes"]:
                 raise CheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['bytes']}")
-            if _sha256(full) != want["sha256"]:
+            if file_sha256(full) != want["sha256"]:
                 raise CheckpointError(f"{path}: {name} does not match its checksum")
         return manifest
 

@@ -25,7 +25,6 @@ policy is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ import tensorflow as tf
 from aquaml.data import DataInfo
 from aquaml.models.defaults import DEFAULT_MODEL_CLASSES, rebuild_default_model
 from aquaml.run import signing
-from aquaml.storage import replace_dir
+from aquaml.storage import file_sha256, replace_dir
 
 POLICY_JSON = "policy.json"
 MANIFEST = "MANIFEST.json"
@@ -50,14 +49,6 @@ class UntrustedPolicyError(PermissionError):
     """A policy export that only its SavedModel can run is not signed by this user (and not trusted)."""
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(directory: str) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of every file under ``directory`` but the manifest, by relative path."""
     out = {}
@@ -66,7 +57,7 @@ def _files(directory: str) -> dict[str, dict[str, Any]]:
             full = os.path.join(root, name)
             rel = os.path.relpath(full, directory)
             if rel != MANIFEST:
-                out[rel] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+                out[rel] = {"bytes": os.path.getsize(full), "sha256": file_sha256(full)}
     return dict(sorted(out.items()))
 
 
