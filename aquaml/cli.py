@@ -448,7 +448,7 @@ def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluati
     the ``on_evaluation`` and ``abort_on_error`` of RLTaskStarter and more config.json entries.
     """
     from aquaml import RLTaskStarter
-    from aquaml.envs.urls import is_env_url, make_env, url_name
+    from aquaml.envs.urls import is_env_url, make_env
     from aquaml.run.checkpoint import CheckpointError
 
     args = argparse.Namespace(**{"imports": [], **cli})  # a run from before --import has none
