@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps between evaluations, 0 = only at the end (default: the algorithm's)")
     train.add_argument("--eval-episodes", type=_positive_int, default=None,
                        help="episodes per evaluation (default: the algorithm's)")
+    train.add_argument("--expert", default=None, metavar="FILE",
+                       help="expert dataset (an HDF5 file of aquaml.save_data) of an algorithm that learns from one "
+                            "(gail-sac, gail-ppo, amp-sac, amp-ppo): its 'expert' parameter (default: none)")
     train.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
                        help="any other algorithm parameter (SACParameters/PPOParameters field), repeatable "
                             "(default: none)")
@@ -239,6 +242,11 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
         values["eval_interval"] = args.eval_interval
     if args.eval_episodes is not None:
         values["calculate_episodes"] = args.eval_episodes
+    if getattr(args, "expert", None) is not None:
+        if "expert" not in fields:
+            raise CLIError(f"--expert: {cls.__name__} learns from no expert dataset; algorithms that do: "
+                           f"{', '.join(_expert_algorithms()) or 'none registered'}")
+        values["expert"] = args.expert
     for key, text in args.set:
         if key not in fields:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
@@ -249,6 +257,13 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise CLIError(str(exc)) from None
+
+
+def _expert_algorithms() -> list[str]:
+    """The registered algorithms whose parameters have an ``expert`` dataset field."""
+    from aquaml.algos.registry import algorithm, algorithm_names
+    return [n for n in algorithm_names()
+            if "expert" in {f.name for f in dataclasses.fields(algorithm(n).parameters_class)}]
 
 
 def _parse_value(key: str, text: str, default: Any) -> Any:
