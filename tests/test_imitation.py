@@ -175,18 +175,18 @@ def test_a_task_only_the_expert_action_solves_is_learned_from_the_discriminator_
     save_data(path, record_policy(env, match_expert, episodes=50, seed=1))
     models = {"actor": lambda: TinyActor(outputs=4, log_std=False), "critic": lambda: TinyCritic(),
               "discriminator": lambda: TinyDiscriminator(("obs", "action"))}
-    params = GailPPOParameters(expert=path, total_steps=8_192, rollout_steps=256, envs_per_worker=4, batch_size=256,
-                               update_epochs=4, disc_batch_size=256, eval_interval=0, calculate_episodes=4, seed=0)
+    params = GailPPOParameters(expert=path, total_steps=8_192, rollout_steps=64, envs_per_worker=4, batch_size=64,
+                               update_epochs=4, disc_batch_size=64, disc_epochs=2, eval_interval=0,
+                               calculate_episodes=4, seed=0)
     starter = RLTaskStarter(ZeroRewardMatch(), models, algo="gail-ppo", algo_hyperparameter=params,
                             run_root=str(tmp_path / "runs"), name="match", verbose=False, tensorboard=False)
     starter.run()
-    states = np.eye(4, dtype=np.float32)
-    chosen = starter.algo.act({"obs": states}, deterministic=True)["action"]
-    assert chosen.tolist() == [1, 2, 3, 0]
+    chosen = starter.algo.act({"obs": np.eye(4, dtype=np.float32)}, deterministic=True)["action"]
+    assert chosen.tolist() == [1, 2, 3, 0]  # a random start answers right one time in four
     rows = list(csv.DictReader(open(os.path.join(starter.run_dir, "progress.csv"))))
     assert {float(r["charts/env_reward"]) for r in rows} == {0.0}
-    first, last = float(rows[0]["charts/disc_reward"]), float(rows[-1]["charts/disc_reward"])
-    assert last > first + 0.3, (first, last)  # the policy earns the discriminator's approval
+    accuracy = [float(r["losses/disc_accuracy"]) for r in rows]
+    assert max(accuracy) > 0.65 and np.mean(accuracy[-4:]) < 0.6  # told them apart, then no longer could
 
 
 class TinyCritic(RLBaseModel):
@@ -207,7 +207,6 @@ class TinyCritic(RLBaseModel):
 class TinyDiscriminator(TinyCritic):
     def __init__(self, names):
         super().__init__(names)
-        self.learning_rate = 1e-3
 
 
 def small_pendulum_dataset(path, episodes=2):
@@ -427,7 +426,7 @@ def test_gail_under_mpiexec_trains_on_rank_0_and_exports_the_policy(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "gail"
     rows = list(csv.DictReader(open(run_dir / "progress.csv")))
-    assert [int(r["global_step"]) for r in rows] == [400, 800, 1200]
+    assert len(rows) == 3 and int(rows[-1]["global_step"]) == 1200  # a row per epoch, as the learner saw them
     last = rows[-1]
     assert 0 < float(last["losses/disc_loss"]) < 1 and float(last["losses/disc_grad_penalty"]) > 0
     assert float(last["charts/disc_reward"]) > 0 and float(last["charts/env_reward"]) < 0

