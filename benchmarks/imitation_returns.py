@@ -7,7 +7,8 @@ expert's return.
     python benchmarks/imitation_returns.py --jobs 1 --run-root /tmp/imitation
 
 The experts are the scripted controllers of ``tutorials/tutorial5.py`` (a balancing rule for the
-cart-pole, an energy-shaping swing-up for the pendulum), recorded for 10 episodes (resets seeded
+cart-pole, an energy-shaping swing-up for the pendulum), and every run uses that tutorial's settings
+(tutorial 1's SAC, tutorial 3's PPO; the default models), recorded for 10 episodes (resets seeded
 100..109) into one HDF5 file per task; the 2-episode figures use the first two episodes of the same
 file (``expert_episodes=2``). No figure's learner sees the environment's reward
 (``task_reward_weight=0``); the environment's return is only measured. Every return is the mean of
@@ -39,17 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 EVAL_EPISODES = 10
 EXPERT_EPISODES = 10
-CARTPOLE_PPO = dict(envs_per_worker=8, rollout_steps=32, batch_size=256, update_epochs=20, gamma=0.98,
-                    gae_lambda=0.8, anneal_lr=True, disc_batch_size=256)
-PENDULUM_SAC = dict(learning_starts=1000, buffer_size=100_000, alpha_learning_rate=1e-3)
-
-#: figure name -> (algorithm, environment, steps, parameters, default models' width, target or None)
-FIGURES = {
-    "gail-ppo": ("gail-ppo", "CartPole-v1", 200_000, CARTPOLE_PPO, (64, 64), 475.0),
-    "gail-sac": ("gail-sac", "Pendulum-v1", 30_000, PENDULUM_SAC, (256, 256), -250.0),
-    "amp-sac": ("amp-sac", "Pendulum-v1", 50_000, dict(PENDULUM_SAC, task_reward_weight=0.0, style_reward_weight=1.0),
-                (256, 256), -300.0),
-}
+#: figure -> (tutorial5's settings, target of the 10-episode figure)
+FIGURES = {"gail-ppo": (("CartPole-v1", "gail"), 475.0), "gail-sac": (("Pendulum-v1", "gail"), -250.0),
+           "amp-sac": (("Pendulum-v1", "amp"), -300.0)}
 #: behaviour cloning: environment -> (the algorithm whose default actor is cloned, epochs, tanh squashing)
 CLONING = {"CartPole-v1": ("gail-ppo", 200, False), "Pendulum-v1": ("gail-sac", 200, True)}
 
@@ -69,9 +62,11 @@ def record_experts(run_root: str) -> dict[str, dict]:
 
 def imitation_run(figure: str, expert: str, episodes: int, seed: int, run_root: str) -> dict:
     """One imitation run in this process; returns its final evaluation return and wall time."""
+    import tutorial5
     import aquaml
     from aquaml import GymnasiumEnv, RLTaskStarter
-    algo, env_id, steps, parameters, hidden, _ = FIGURES[figure]
+    env_id = FIGURES[figure][0][0]
+    algo, steps, parameters, hidden = tutorial5.SETTINGS[FIGURES[figure][0]]
     env = GymnasiumEnv(env_id)
     params = aquaml.algorithm(algo).parameters_class(
         expert=expert, expert_episodes=episodes, total_steps=steps, seed=seed, eval_interval=0,
@@ -120,11 +115,15 @@ def _job(kind: str, args: tuple) -> tuple[str, tuple, dict]:
 
 
 def commit() -> str:
+    """The checked-out commit, with ``+changes`` when tracked files differ from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=ROOT, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def main() -> None:
@@ -136,10 +135,11 @@ def main() -> None:
     parser.add_argument("--run-root", default="/tmp/aquaml_imitation_returns")
     args = parser.parse_args()
     os.makedirs(args.run_root, exist_ok=True)
+    revision = commit()
     experts = record_experts(args.run_root)
     jobs = []
     for figure in (f for f in args.only if f != "bc"):
-        env_id = FIGURES[figure][1]
+        env_id = FIGURES[figure][0][0]
         episodes = [10] if figure == "amp-sac" else args.episodes
         jobs += [("imitation", (figure, experts[env_id]["path"], n, s, args.run_root))
                  for n in episodes for s in args.seeds]
@@ -150,34 +150,32 @@ def main() -> None:
     results: dict[tuple, list] = {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         for kind, job, result in pool.map(_job, [k for k, _ in jobs], [a for _, a in jobs]):
-            label = (job[0] if kind == "imitation" else f"bc {job[0]}", job[2])
+            label = (job[0], FIGURES[job[0]][0][0], job[2]) if kind == "imitation" else ("bc", job[0], job[2])
             results.setdefault(label, []).append(result)
-            print(f"{label[0]} episodes={label[1]} seed={job[3]} return={result['return']:.1f} "
+            print(f"{label[0]} {label[1]} episodes={label[2]} seed={job[3]} return={result['return']:.1f} "
                   f"wall_s={result['wall_s']:.0f}", flush=True)
-    report(results, experts, args)
+    report(results, experts, args, revision)
 
 
-def report(results: dict, experts: dict, args: argparse.Namespace) -> None:
+def report(results: dict, experts: dict, args: argparse.Namespace, revision: str) -> None:
     """Print every figure beside its expert's return, and write them to ``results.json``."""
     import numpy as np
-    print(f"\nimitation_returns {datetime.date.today().isoformat()} commit {commit()} seeds {args.seeds} "
+    print(f"\nimitation_returns {datetime.date.today().isoformat()} commit {revision} seeds {args.seeds} "
           f"({args.jobs} runs at once)")
     rows = []
-    for (label, episodes), found in sorted(results.items()):
+    for (label, env_id, episodes), found in sorted(results.items()):
         returns = [r["return"] for r in found]
-        figure = FIGURES.get(label)
-        env_id = figure[1] if figure else label.split()[1]
-        target = figure[5] if figure and episodes == 10 else None
+        target = FIGURES[label][1] if label in FIGURES and episodes == 10 else None
         mean = float(np.mean(returns))
         verdict = "" if target is None else f" target >= {target:g}: " + (
             "met by every seed" if min(returns) >= target else "met by the mean" if mean >= target else "NOT met")
-        expert = experts[env_id][f"return_{episodes}"] if f"return_{episodes}" in experts[env_id] else float("nan")
-        print(f"{label:>22} {env_id:<12} {episodes:>2} episodes: mean {mean:8.1f} per seed "
+        expert = experts[env_id].get(f"return_{episodes}", float("nan"))
+        print(f"{label:>8} {env_id:<12} {episodes:>2} episodes: mean {mean:8.1f} per seed "
               f"{[round(r, 1) for r in returns]} | expert {expert:.1f}{verdict}")
         rows.append({"figure": label, "env": env_id, "episodes": episodes, "returns": returns, "mean": mean,
                      "expert": expert, "target": target})
     with open(os.path.join(args.run_root, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"date": datetime.date.today().isoformat(), "commit": commit(), "rows": rows}, f, indent=1)
+        json.dump({"date": datetime.date.today().isoformat(), "commit": revision, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -44,19 +44,18 @@ def cartpole_balance(obs, deterministic=True):
 
 EXPERTS = {"Pendulum-v1": pendulum_swing_up, "CartPole-v1": cartpole_balance}
 
-#: Per environment and method: the registered algorithm, its parameters, and the default models' width.
+#: The base algorithms' settings (tutorial 1's SAC, tutorial 3's PPO for the cart-pole).
+PENDULUM_SAC = dict(learning_starts=1000, buffer_size=100_000, alpha_learning_rate=1e-3)
+CARTPOLE_PPO = dict(envs_per_worker=8, rollout_steps=32, batch_size=256, update_epochs=20, gamma=0.98,
+                    gae_lambda=0.8, anneal_lr=True, disc_batch_size=256)
+STYLE_ONLY = dict(task_reward_weight=0.0, style_reward_weight=1.0)
+
+#: Per (environment, method): the registered algorithm, its steps and parameters, the default models' width.
 SETTINGS = {
-    ("Pendulum-v1", "gail"): ("gail-sac", dict(total_steps=30_000, learning_starts=1000, buffer_size=100_000,
-                                               grad_penalty=10.0, alpha_learning_rate=1e-3), (256, 256)),
-    ("Pendulum-v1", "amp"): ("amp-sac", dict(total_steps=50_000, learning_starts=1000, buffer_size=100_000,
-                                             task_reward_weight=0.0, style_reward_weight=1.0,
-                                             alpha_learning_rate=1e-3), (256, 256)),
-    ("CartPole-v1", "gail"): ("gail-ppo", dict(total_steps=200_000, envs_per_worker=8, rollout_steps=64,
-                                               batch_size=256, update_epochs=10, gamma=0.98, gae_lambda=0.8),
-                               (64, 64)),
-    ("CartPole-v1", "amp"): ("amp-ppo", dict(total_steps=200_000, envs_per_worker=8, rollout_steps=64,
-                                             batch_size=256, update_epochs=10, gamma=0.98, gae_lambda=0.8,
-                                             task_reward_weight=0.0, style_reward_weight=1.0), (64, 64)),
+    ("Pendulum-v1", "gail"): ("gail-sac", 30_000, PENDULUM_SAC, (256, 256)),
+    ("Pendulum-v1", "amp"): ("amp-sac", 50_000, {**PENDULUM_SAC, **STYLE_ONLY}, (256, 256)),
+    ("CartPole-v1", "gail"): ("gail-ppo", 200_000, CARTPOLE_PPO, (64, 64)),
+    ("CartPole-v1", "amp"): ("amp-ppo", 200_000, {**CARTPOLE_PPO, **STYLE_ONLY}, (64, 64)),
 }
 
 
@@ -85,17 +84,14 @@ def main(argv=None):
     os.makedirs(args.run_root, exist_ok=True)
     path = args.expert or os.path.join(args.run_root, f"expert_{args.env}.h5")
     expert_return = record_expert(args.env, args.episodes, path)
-    algo, parameters, hidden = SETTINGS[(args.env, args.algo)]
-    parameters = dict(parameters)
-    if args.steps is not None:
-        parameters["total_steps"] = args.steps
+    algo, steps, parameters, hidden = SETTINGS[(args.env, args.algo)]
+    steps = args.steps or steps
     env = GymnasiumEnv(args.env)
-    params = aquaml.algorithm(algo).parameters_class(expert=path, seed=args.seed, calculate_episodes=10,
-                                                     eval_interval=parameters["total_steps"] // 10, **parameters)
-    starter = RLTaskStarter(env=args.env, model_class_dict=aquaml.default_models(algo, env.obs_info, env.action_info,
-                                                                                 hidden),
-                            algo=algo, algo_hyperparameter=params, name=f"tutorial5_{algo}_{args.env}",
-                            run_root=args.run_root)
+    params = aquaml.algorithm(algo).parameters_class(expert=path, total_steps=steps, seed=args.seed,
+                                                     eval_interval=steps // 10, calculate_episodes=10, **parameters)
+    models = aquaml.default_models(algo, env.obs_info, env.action_info, hidden)
+    starter = RLTaskStarter(env=args.env, model_class_dict=models, algo=algo, algo_hyperparameter=params,
+                            name=f"tutorial5_{algo}_{args.env}", run_root=args.run_root)
     result = starter.run()
     if result:  # under MPI only the optimizer rank (rank 0) evaluates
         print(f"expert return {expert_return:.1f}; {algo} (environment reward unused) "
