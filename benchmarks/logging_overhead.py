@@ -19,9 +19,9 @@ training loop, minus the final evaluation and the final checkpoint, which both c
 once at the end (they are end-of-run costs, not per-step ones). T so includes opening the run
 directory, the logger and TensorBoard writer, and every periodic evaluation, checkpoint and log
 row; it excludes saving the final models and policy after the loop. Each call of
-``aquaml.run.progress.evaluate_policy``, of ``RLTaskStarter.write_checkpoint`` (with the worker
-snapshot it is given) and of ``Progress._end_epoch`` (building, writing and printing one log row)
-is timed by wrapping it, to break A's time down.
+``aquaml.run.progress.Evaluator`` (an evaluation), of ``TaskCheckpoints.save`` (with the worker
+snapshots it is made of) and of ``Progress._end_epoch`` (building, writing and printing one log
+row) is timed by wrapping it, to break A's time down.
 
 Every time is taken on two clocks: wall-clock, and this process's CPU time (all its threads;
 with one TensorFlow thread it tracks the work done and is far less disturbed when other jobs share
@@ -70,13 +70,15 @@ class Timers:
     call's (wall, cpu) seconds, and when the training loop starts and ends."""
 
     def __init__(self) -> None:
+        import aquaml.run.checkpoint as checkpoint
         import aquaml.run.progress as progress
         import aquaml.run.starter as starter
+        import aquaml.schedules.async_replay as replay
         self.calls: dict[str, list[np.ndarray]] = {"eval": [], "checkpoint": [], "row": []}
         self.loop_start = self.loop_end = np.zeros(2)
         self._snapshot = np.zeros(2)
-        evaluate, end_epoch = progress.evaluate_policy, progress.Progress._end_epoch
-        write, loop_run = starter.RLTaskStarter.write_checkpoint, starter._TrainingLoop.run
+        evaluate, end_epoch = progress.Evaluator.__call__, progress.Progress._end_epoch
+        write, snapshot, run_serial = checkpoint.TaskCheckpoints.save, replay.ReplayActor.snapshot, starter.run_serial
 
         def timed(kind, fn):
             def wrapper(*a, **k):
@@ -86,6 +88,12 @@ class Timers:
                 return out
             return wrapper
 
+        def timed_snapshot(actor):  # the worker snapshot a checkpoint is made of
+            t0 = now()
+            out = snapshot(actor)
+            self._snapshot = self._snapshot + (now() - t0)
+            return out
+
         def timed_write(*a, **k):
             t0 = now()
             out = write(*a, **k)
@@ -93,24 +101,17 @@ class Timers:
             self._snapshot = np.zeros(2)
             return out
 
-        def timed_run(loop):
-            state_dict = loop.s.worker.state_dict
-
-            def timed_state_dict():  # the worker snapshot after_step hands to write_checkpoint
-                t0 = now()
-                out = state_dict()
-                self._snapshot = now() - t0
-                return out
-            loop.s.worker.state_dict = timed_state_dict
+        def timed_run(*a, **k):
             self.loop_start = now()
-            out = loop_run(loop)
+            out = run_serial(*a, **k)
             self.loop_end = now()
             return out
 
-        progress.evaluate_policy = timed("eval", evaluate)
+        progress.Evaluator.__call__ = timed("eval", evaluate)
         progress.Progress._end_epoch = timed("row", end_epoch)
-        starter.RLTaskStarter.write_checkpoint = timed_write
-        starter._TrainingLoop.run = timed_run
+        checkpoint.TaskCheckpoints.save = timed_write
+        replay.ReplayActor.snapshot = timed_snapshot
+        starter.run_serial = timed_run
 
     def reset(self) -> None:
         for v in self.calls.values():

@@ -8,7 +8,7 @@ python=${PYTHON:-python3}
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
   echo "aquaml needs Python 3.10 or newer; $python is $("$python" --version 2>&1)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-extras="${AQUAML_TF:-cpu},mpi,remote,test"
+extras="${AQUAML_TF:-cpu},mpi,remote,tune,test"
 stamp=".venv/.aquaml-installed"
 want="$(sha256sum setup.py | cut -d' ' -f1) $extras"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then

@@ -24,7 +24,7 @@ def aquaml(*args, cwd, timeout=300):
 def test_every_flag_of_every_subcommand_documents_its_default():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"train", "eval", "plot", "export", "serve", "serve-nats"}
+    assert set(subparsers.choices) == {"train", "eval", "plot", "export", "serve", "serve-nats", "tune"}
     for name, sub in subparsers.choices.items():
         text = sub.format_help()
         assert "--help" in text

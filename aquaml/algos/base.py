@@ -41,6 +41,7 @@ class Algorithm(abc.ABC):
         critics_take_action: whether its non-actor models read ``'action'`` (SAC's Q) or not (PPO's V).
         metric_names: what each update reports, in order (``losses/...`` names, CleanRL style).
         console_metrics: ``(metric, label, format)`` triples shown on the progress line.
+        default_hidden: the hidden layer widths of ``default_models`` when none are given.
 
     Instance attributes set by ``__init__``: ``params``, ``models`` (ModelSpec by key), ``actor``
     (``models['actor']``), ``obs_info``, ``action_info`` and ``batch_info`` (the columns of one
@@ -54,6 +55,7 @@ class Algorithm(abc.ABC):
     critics_take_action: ClassVar[bool] = False
     metric_names: ClassVar[tuple[str, ...]]
     console_metrics: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    default_hidden: ClassVar[tuple[int, ...]] = (256, 256)
 
     params: Any
     models: dict[str, ModelSpec]

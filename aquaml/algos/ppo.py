@@ -118,6 +118,7 @@ class PPO(OnPolicyAlgorithm):
     required_models = ("actor",)
     optional_models = ("critic",)
     critics_take_action = False
+    default_hidden = (64, 64)  # CleanRL's and Stable-Baselines3's sizes
     metric_names = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl",
                     "losses/clip_fraction", "losses/explained_variance", "losses/epochs")
 
@@ -190,9 +191,9 @@ class PPO(OnPolicyAlgorithm):
     @classmethod
     def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
                        learning_rate: float | None = None) -> dict[str, Any]:
-        """tanh MLPs over every observation name (64x64 by default, CleanRL's and SB3's sizes): an
-        actor (log_std left to the algorithm's state-independent parameter) and a value critic."""
-        hidden, lr = tuple(hidden or (64, 64)), 3e-4 if learning_rate is None else learning_rate
+        """tanh MLPs over every observation name (``default_hidden`` by default): an actor (log_std
+        left to the algorithm's state-independent parameter) and a value critic."""
+        hidden, lr = tuple(hidden or cls.default_hidden), 3e-4 if learning_rate is None else learning_rate
         return {"actor": mlp_actor(obs_info, action_info, hidden, lr, log_std=False, activation="tanh"),
                 "critic": mlp_critic(obs_info, hidden, lr, takes_action=False, activation="tanh")}
 

@@ -55,6 +55,7 @@ class SAC(OffPolicyAlgorithm):
     metric_names = ("losses/qf_loss", "losses/actor_loss", "losses/alpha_loss", "losses/alpha",
                     "losses/entropy", "losses/qf_values")
     console_metrics = (("losses/qf_loss", "qf_loss", ".3g"), ("losses/alpha", "alpha", ".3g"))
+    default_hidden = (256, 256)  # the paper's sizes
 
     def __init__(self, models: Mapping[str, ModelSpec], obs_info: DataInfo, action_info: DataInfo,
                  params: SACParameters) -> None:
@@ -121,9 +122,9 @@ class SAC(OffPolicyAlgorithm):
     @classmethod
     def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
                        learning_rate: float | None = None) -> dict[str, Any]:
-        """MLPs over every observation name (256x256 ReLU by default, the paper's sizes): an actor
+        """MLPs over every observation name (``default_hidden`` ReLU layers by default): an actor
         with a state-dependent ``log_std`` and twin Q critics."""
-        hidden, lr = tuple(hidden or (256, 256)), 3e-4 if learning_rate is None else learning_rate
+        hidden, lr = tuple(hidden or cls.default_hidden), 3e-4 if learning_rate is None else learning_rate
         return {"actor": mlp_actor(obs_info, action_info, hidden, lr, log_std=True),
                 "qf1": mlp_critic(obs_info, hidden, lr, takes_action=True),
                 "qf2": mlp_critic(obs_info, hidden, lr, takes_action=True)}

@@ -310,14 +310,16 @@ class Link:
         delay = 0.02
         while True:
             try:
-                return await self._request_once(subject, payload, max(deadline - time.monotonic(), 0.001))
+                return await self._request_once(subject, payload, max(deadline - time.monotonic(), 0.001), timeout)
             except _NoResponders as exc:
                 if not patient or time.monotonic() + delay >= deadline:
                     raise RemoteEnvError(str(exc)) from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def _request_once(self, subject: str, payload: bytes, timeout: float) -> bytes:
+    async def _request_once(self, subject: str, payload: bytes, timeout: float, stated: float) -> bytes:
+        """One request, waiting ``timeout`` seconds (what is left of the ``stated`` timeout a
+        timeout error names)."""
         self._serial += 1
         reply = f"{self._inbox}.{self._serial}"
         loop = asyncio.get_running_loop()
@@ -328,7 +330,7 @@ class Link:
             await self.nc.publish(subject, payload, reply=reply)
             msg = await future
         except asyncio.TimeoutError:
-            raise RemoteEnvTimeout(f"no reply on NATS subject {subject!r} within {timeout:g} s (is the far side "
+            raise RemoteEnvTimeout(f"no reply on NATS subject {subject!r} within {stated:g} s (is the far side "
                                    f"running and its environment responsive? a slower one needs a longer "
                                    f"timeout=)") from None
         except _nats().errors.ConnectionClosedError:

@@ -197,28 +197,56 @@ class StopRequest:
     """Turns SIGTERM and SIGINT into a flag that the training loops check between steps, so a run
     stops at a clean point and writes a checkpoint. A second signal raises KeyboardInterrupt at
     once (for a run stuck inside an environment step). A signal held since start-up (``DEFERRED``)
-    counts as the first one; ``request`` stops the run for another reason (a worker rank stopped)."""
+    counts as the first one.
+
+    ``request(reason)`` asks for the same clean stop without a signal (a task's ``on_evaluation``
+    callback does, to end a pruned tuning trial). Stop requests nest: one made while another is
+    installed (a task inside a tuning loop) starts requested when the outer one has already caught
+    a signal, and passes each signal it catches on to the outer one, so that both stop; requests
+    without a signal stay with the one they were made on.
+
+    Attributes:
+        requested: a stop was asked for.
+        reason: why: the first signal's name (``'SIGTERM'``) or the reason given to ``request``.
+        signal_name: the signal that asked for the stop, None when none did.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.reason: str | None = None
         self.signal_name: str | None = None
+        self._outer: StopRequest | None = None
         self._previous = {}
         for sig in _SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+            owner = getattr(self._previous[sig], "__self__", None)
+            if isinstance(owner, StopRequest):
+                self._outer = owner
+        if self._outer is not None and self._outer.signal_name is not None:
+            self._note_signal(self._outer.signal_name)
         held = DEFERRED.take()
         if held is not None:
-            self.request(held)
-
-    def request(self, reason: str) -> None:
-        """Stop at the next clean point; ``reason`` is what the final message names."""
-        if not self.requested:
-            self.requested, self.signal_name = True, reason
+            self._note_signal(held)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
-        self.request(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.signal_name is not None:
+            raise KeyboardInterrupt(f"second {name}")
+        self._note_signal(name)
+
+    def _note_signal(self, name: str) -> None:
+        self.signal_name = name
+        self.request(name)
+        if self._outer is not None and self._outer.signal_name is None:
+            self._outer._note_signal(name)
+
+    def request(self, reason: str) -> None:
+        """Ask the loops to stop at their next clean point (the first reason given is kept)."""
+        self.requested = True
+        if self.reason is None:
+            self.reason = reason
 
     def restore(self) -> None:
+        """Put back the handlers that were installed before this one."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

@@ -79,6 +79,12 @@ class Topology:
         """Task ranks of workers on nodes other than the optimizer's."""
         return [r for r, n in enumerate(self.node_of) if n != self.node_of[0]]
 
+    def free(self) -> None:
+        """Free the node communicator ``make_topology`` made (collective over the node), once the
+        task is over: a process that runs many tasks (tuning trials) would otherwise use up MPI's
+        communicators."""
+        self.node_comm.Free()
+
 
 def make_topology(comm: Any) -> Topology:
     """Split ``comm`` into nodes (real, or pseudo-nodes of ``AQUAML_PSEUDO_NODE_SIZE`` ranks).

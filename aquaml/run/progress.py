@@ -7,9 +7,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aquaml.data import NonFiniteError
-from aquaml.run.logger import RunLogger
 from aquaml.acting.worker import evaluate
+from aquaml.data import NonFiniteError
+from aquaml.parallel.failure import StopRequest
+from aquaml.run.logger import RunLogger
+
+#: The stop reason of a task that its ``on_evaluation`` callback asked to stop.
+EVALUATION_STOP = "its on_evaluation callback"
 
 
 #: Console lines come at most this often (short on-policy rounds would otherwise flood it);
@@ -44,7 +48,12 @@ class Progress:
     """Epoch bookkeeping shared by every schedule: evaluation when due, one logged row per epoch.
 
     Callers report finished episodes and update metrics as they come, and call ``advance`` with
-    the environment-step and update counts after each unit of work.
+    the environment-step and update counts after each unit of work. After each evaluation
+    ``on_evaluation(step, stats)`` is called, if given, with the evaluation's scheduled step (the
+    multiple of ``eval_interval`` that came due, which an MPI run may have passed by a few steps,
+    so that runs compare at the same steps; the step count for the final one); when it returns
+    True before the final evaluation, ``stop`` is asked to stop the run (as a SIGTERM would: the
+    schedule stops every rank at its next clean point and checkpoints).
 
     Args:
         params: the run's parameters (``epoch_length``, ``eval_interval``, ``total_steps``,
@@ -54,13 +63,18 @@ class Progress:
         evaluate: runs an evaluation and returns its statistics (``Evaluator``).
         verbose: print progress lines.
         console_metrics: ``(metric, label, format)`` shown on each line besides returns and speed.
+        on_evaluation: the callback above (``aquaml tune`` reports to Optuna and prunes through it).
+        stop: what a True from ``on_evaluation`` asks to stop.
     """
 
     def __init__(self, params: Any, metric_names: Sequence[str], logger: RunLogger,
                  evaluate: Callable[[], dict[str, float]], verbose: bool = True,
-                 console_metrics: Sequence[tuple[str, str, str]] = ()) -> None:
+                 console_metrics: Sequence[tuple[str, str, str]] = (),
+                 on_evaluation: Callable[[int, dict[str, float]], bool | None] | None = None,
+                 stop: StopRequest | None = None) -> None:
         self.p, self.logger, self.evaluate, self.verbose = params, logger, evaluate, verbose
         self.metric_names, self.console_metrics = tuple(metric_names), tuple(console_metrics)
+        self.on_evaluation, self.stop = on_evaluation, stop
         self.next_epoch, self.next_eval = self.p.epoch_length, self.p.eval_interval or math.inf
         self.final: dict[str, float] = {}
         self._episodes: list = []
@@ -104,15 +118,22 @@ class Progress:
 
     def advance(self, steps: int, updates: int, finished: bool = False) -> None:
         """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""
-        evaluation = {}
+        evaluation, scheduled = {}, steps
         if steps >= self.next_eval or finished:
             evaluation = self.final = self.evaluate()
             while self.next_eval <= steps:
+                scheduled = self.next_eval
                 self.next_eval += self.p.eval_interval or math.inf
+            if finished:
+                scheduled = steps
         if steps >= self.next_epoch or finished or evaluation:
             self._end_epoch(steps, updates, evaluation, display=steps >= self.next_epoch or finished)
             while self.next_epoch <= steps:
                 self.next_epoch += self.p.epoch_length
+        callback = self.on_evaluation
+        if evaluation and callback is not None and callback(scheduled, evaluation) and not finished \
+                and self.stop is not None:
+            self.stop.request(EVALUATION_STOP)
 
     def _end_epoch(self, steps: int, updates: int, evaluation: dict[str, float], display: bool) -> None:
         now = time.perf_counter()

@@ -152,6 +152,16 @@ class RLTaskStarter:
             ones are skipped with a warning); without a checkpoint there, start it afresh.
         config_extra: more entries for the run's config.json (the ``aquaml`` command records its
             flags there, so ``aquaml export`` can rebuild the models).
+        on_evaluation: called as ``on_evaluation(step, stats)`` after each evaluation, in the one
+            process or on the optimizer rank (``stats`` as ``run`` returns them). Returning True
+            before the final evaluation stops the task at its next clean point on every rank, as
+            SIGTERM would (a checkpoint is written; ``stop_reason`` then says so). ``aquaml tune``
+            reports evaluations to Optuna and stops pruned trials through it.
+        abort_on_error: under MPI, an exception on the optimizer rank while it trains (a training
+            step, an evaluation, ``on_evaluation``, the final save) aborts every rank of the job
+            (True), or (False) stops the workers as a stop request would, lets every rank leave the
+            task, and raises the exception from ``run`` on the optimizer only (workers return as
+            from a stopped run). Exceptions on worker ranks always abort the job.
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
@@ -164,7 +174,9 @@ class RLTaskStarter:
                  run_root: str = "runs", eval_env: Any = None, optimizer_threads: int | None = None,
                  verbose: bool = True, tensorboard: bool = True, checkpoint_interval: int | None = None,
                  keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False,
-                 config_extra: Mapping[str, Any] | None = None) -> None:
+                 config_extra: Mapping[str, Any] | None = None,
+                 on_evaluation: Callable[[int, dict[str, float]], bool | None] | None = None,
+                 abort_on_error: bool = True) -> None:
         algo = algorithm("sac" if algo is None else algo)
         if not (isinstance(algo, type) and issubclass(algo, Algorithm)):
             raise TypeError(f"algo must be an aquaml algorithm (a subclass of aquaml.algos.base.Algorithm, such as "
@@ -233,7 +245,9 @@ class RLTaskStarter:
         self.model_classes = {k: getattr(v, "__name__", repr(v)) for k, v in model_class_dict.items()}
         self.env_id = env if isinstance(env, str) else None
         self.config_extra = dict(config_extra or {})
+        self.on_evaluation, self.abort_on_error = on_evaluation, bool(abort_on_error)
         self.interrupted = False
+        self.stop_reason: str | None = None
         self.checkpointer: Checkpointer | None = None
         self.restored: tuple[dict, dict] | None = None
         if self.resume and (self.topology is None or self.topology.is_optimizer):
@@ -289,7 +303,7 @@ class RLTaskStarter:
         """Complete the task context with what only the learner has: progress, checkpoints, the
         checkpoint to continue from."""
         progress = Progress(self.params, self.algo.metric_names, logger, self.evaluator, self.verbose,
-                            self.algo.console_metrics)
+                            self.algo.console_metrics, self.on_evaluation, stop)
         ranks = 1 if self.topology is None else self.topology.size
         self.ctx.progress, self.ctx.restored = progress, self.restored
         self.ctx.checkpoints = TaskCheckpoints(self.checkpointer, self.algo, progress, ranks, self.checkpoint_buffer)
@@ -298,8 +312,9 @@ class RLTaskStarter:
         """Train for ``total_steps`` environment steps; return the final evaluation statistics.
 
         Under MPI every rank calls this; the optimizer returns the statistics, workers an empty dict.
-        SIGTERM or SIGINT stops the run at the next clean point with a checkpoint (``interrupted``
-        is then True and the last evaluation so far is returned); ``resume=True`` continues it.
+        SIGTERM or SIGINT (or ``on_evaluation``) stops the run at the next clean point with a
+        checkpoint (``interrupted`` is then True, ``stop_reason`` says why, and the last evaluation
+        so far is returned); ``resume=True`` continues it.
         """
         if self.stopped_before_start is not None:
             self.interrupted = True
@@ -357,9 +372,9 @@ class RLTaskStarter:
 
     def _finish(self, final: dict[str, float], stop: StopRequest) -> None:
         if stop.requested:
-            self.interrupted = True
+            self.interrupted, self.stop_reason = True, stop.reason
             if self.verbose:
-                print(f"[{self.name}] stopped by {stop.signal_name}; checkpoint written, continue with "
+                print(f"[{self.name}] stopped by {stop.reason}; checkpoint written, continue with "
                       f"resume=True (aquaml train --resume)", flush=True)
             return
         self._report(final)
@@ -373,7 +388,7 @@ class RLTaskStarter:
                 self._open_run_dir()
                 logger = self._open_logger()
                 self._learner_context(logger, stop)
-            final = run_mpi_task(self.ctx, topo, self.save_final)
+            final, failure = run_mpi_task(self.ctx, topo, self.save_final, self.abort_on_error)
         except BaseException as exc:  # a dead rank must not leave the others waiting
             report_and_abort(topo.comm, topo.role, exc)
             raise
@@ -381,10 +396,12 @@ class RLTaskStarter:
             stop.restore()
             if logger is not None:
                 logger.close()
+        if failure is not None:  # abort_on_error=False: every rank has left the task
+            raise failure
         if topo.is_optimizer:
             self._finish(final, stop)
         else:
-            self.interrupted = stop.requested
+            self.interrupted, self.stop_reason = stop.requested, stop.reason
         return final
 
     def _report(self, final: dict[str, float]) -> None:

@@ -157,6 +157,13 @@ class ReplayLearner:
         return self.ctx.progress.final
 
 
+    def abandon(self) -> None:
+        """After an exception on the learner: stop every actor and take each one's last snapshot,
+        so that every rank leaves the task (nothing is checkpointed)."""
+        self.link.stop_workers()
+        self.link.wait_until(lambda: self._marks_reached() >= len(self.marks), self.link.finished)
+
+
 class ReplayActor:
     """An actor of asynchronous replay: steps its environments, writes its slice, keeps pace.
 

@@ -90,25 +90,37 @@ def run_rank(role: Any, link: Any) -> Any:
     return role.finish()
 
 
-def run_mpi_task(ctx: TaskContext, topo: Any, on_learned: Any) -> dict[str, float]:
+def run_mpi_task(ctx: TaskContext, topo: Any, on_learned: Any,
+                 abort_on_error: bool = True) -> tuple[dict[str, float], Exception | None]:
     """Run this rank's role of the task under MPI: the learner on rank 0 (``on_learned()`` runs
     after its last checkpoint, before the workers are released), an actor on every other rank.
-    Returns the learner's final evaluation, ``{}`` on workers."""
+
+    Returns the learner's final evaluation (``{}`` on workers) and None, or, on the learner with
+    ``abort_on_error=False``, ``({}, the exception)`` its training raised, once every worker has
+    been stopped and has left the task (the caller raises it; a worker's exception always aborts).
+    """
     from aquaml.parallel.links import MpiActorLink, MpiLearnerLink, NodeState
     learner_cls = _schedule(ctx.algo)[0]
     # synchronous workers run at most a round ahead of the optimizer's reads of their episode rings
     between_reads = 2 * ctx.params.rollout_steps if learner_cls is RolloutLearner else 0
     state = NodeState(topo, ctx.algo.make_buffer, [w.shape for w in ctx.algo.actor_weights()],
                       ring_size(between_reads, ctx.params.envs_per_worker))
+    final, failure = {}, None
     if topo.is_optimizer:
         link = MpiLearnerLink(topo, state, ctx.params.stall_timeout)
-        final = run_rank(make_learner(ctx, link), link)
-        on_learned()
+        learner = make_learner(ctx, link)
+        try:
+            final = run_rank(learner, link)
+            on_learned()
+        except Exception as exc:  # noqa: BLE001  (any failure of the task: re-raised, or returned)
+            if abort_on_error:
+                raise
+            failure = exc
+            learner.abandon()
         link.close(ctx.verbose, ctx.name)
     else:
         link = MpiActorLink(topo, state, ctx.algo.batch_info)
         run_rank(make_actor(ctx, link), link)
-        final = {}
     sleepy_barrier(topo.comm)
     state.close()
-    return final
+    return final, failure

@@ -100,6 +100,12 @@ class RolloutLearner:
         self.link.wait_until(self._all_ended, self._ended)
         return self.ctx.progress.final
 
+    def abandon(self) -> None:
+        """After an exception on the learner: stop every actor and take each one's last message,
+        so that every rank leaves the task (nothing is checkpointed)."""
+        self.link.stop_workers()
+        self.link.wait_until(self._all_ended, self._ended)
+
     def _ended(self) -> np.ndarray:
         snapshots = self.link.snapshots()
         return np.array([snapshots.get(w, (0,))[0] >= STOP_MARK for w in range(self.link.num_workers)])

@@ -62,6 +62,7 @@ class Reinforce(OnPolicyAlgorithm):
     parameters_class = ReinforceParameters
     required_models = ("actor",)
     metric_names = ("losses/policy_loss", "losses/entropy")
+    default_hidden = (64, 64)
 
     def __init__(self, models: Mapping[str, Any], obs_info: DataInfo, action_info: DataInfo,
                  params: ReinforceParameters) -> None:
@@ -89,7 +90,7 @@ class Reinforce(OnPolicyAlgorithm):
     @classmethod
     def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
                        learning_rate: float | None = None) -> dict[str, Any]:
-        return {"actor": mlp_actor(obs_info, action_info, tuple(hidden or (64, 64)),
+        return {"actor": mlp_actor(obs_info, action_info, tuple(hidden or cls.default_hidden),
                                    1e-2 if learning_rate is None else learning_rate, log_std=False,
                                    activation="tanh")}
 
