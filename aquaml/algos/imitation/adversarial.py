@@ -113,10 +113,10 @@ class AdversarialSAC(SAC):
     @classmethod
     def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
                        learning_rate: float | None = None) -> dict[str, Any]:
-        """SAC's default models and an MLP discriminator of the same size (256x256 ReLU)."""
+        """SAC's default models and a ReLU MLP discriminator of the same size (``default_hidden``)."""
         models = super().default_models(obs_info, action_info, hidden, learning_rate)
         models["discriminator"] = default_discriminator(cls.objective_class.view(obs_info, action_info),
-                                                        tuple(hidden or (256, 256)),
+                                                        tuple(hidden or cls.default_hidden),
                                                         3e-4 if learning_rate is None else learning_rate, "relu")
         return models
 
@@ -172,10 +172,10 @@ class AdversarialPPO(PPO):
     @classmethod
     def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
                        learning_rate: float | None = None) -> dict[str, Any]:
-        """PPO's default models and a tanh MLP discriminator of the same size (64x64)."""
+        """PPO's default models and a tanh MLP discriminator of the same size (``default_hidden``)."""
         models = super().default_models(obs_info, action_info, hidden, learning_rate)
         models["discriminator"] = default_discriminator(cls.objective_class.view(obs_info, action_info),
-                                                        tuple(hidden or (64, 64)),
+                                                        tuple(hidden or cls.default_hidden),
                                                         3e-4 if learning_rate is None else learning_rate, "tanh")
         return models
 
