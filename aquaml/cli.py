@@ -265,6 +265,9 @@ def _add_tune_parser(sub: Any) -> None:
     tune.add_argument("--seed", type=_non_negative_int, default=0, help="study seed: trial n trains with seed + n")
     tune.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
                       help="fix an algorithm parameter for every trial, repeatable (default: none)")
+    tune.add_argument("--expert", default=None, metavar="FILE",
+                      help="fixed expert dataset of an algorithm that learns from one (as train's --expert; "
+                           "default: none)")
     tune.add_argument("--hidden", type=_widths, default=None, help="fixed hidden widths of the default MLPs")
     tune.add_argument("--learning-rate", type=float, default=None, help="fixed learning rate of every model")
     tune.add_argument("--eval-interval", type=_non_negative_int, default=None,
@@ -476,8 +479,9 @@ def _without_ranks(argv: list[str]) -> list[str]:
 
 # --- tune --------------------------------------------------------------------------------------
 def _tune_fixed(args: argparse.Namespace) -> dict[str, Any]:
-    """The fixed entries the flags give (``--set``, ``--hidden``, ``--learning-rate``, ``--eval-*``);
-    ``--set`` text is parsed by the field's type, unknown names are refused by the space check."""
+    """The fixed entries the flags give (``--set``, ``--expert``, ``--hidden``, ``--learning-rate``,
+    ``--eval-*``); ``--set`` text is parsed by the field's type, unknown names are refused by the
+    space check."""
     from aquaml.tuning.space import algorithm_parameters
     defaults = algorithm_parameters(args.algo)()
     fixed: dict[str, Any] = {}
@@ -487,6 +491,7 @@ def _tune_fixed(args: argparse.Namespace) -> dict[str, Any]:
         fixed[key] = _parse_value(key, text, getattr(defaults, key, None))
     flags = (("eval_interval", "--eval-interval", args.eval_interval),
              ("calculate_episodes", "--eval-episodes", args.eval_episodes),
+             ("expert", "--expert", args.expert),
              ("hidden", "--hidden", list(args.hidden) if args.hidden else None),
              ("learning_rate", "--learning-rate", args.learning_rate))
     for key, flag, value in flags:

@@ -362,6 +362,26 @@ def test_the_command_line_refuses_a_wrong_dataset_and_an_expert_for_sac(tmp_path
            "gail-ppo, gail-sac" in proc.stderr
 
 
+
+def test_a_tuning_study_passes_the_expert_to_every_trial_and_sac_refuses_it(tmp_path):
+    pytest.importorskip("optuna")
+    pendulum = str(tmp_path / "pendulum.h5")
+    save_data(pendulum, record_policy(GymnasiumEnv("Pendulum-v1"), tutorial5.pendulum_swing_up, episodes=2, seed=0))
+    space = tmp_path / "space.yaml"
+    space.write_text("search:\n  grad_penalty: {type: float, low: 0.01, high: 1.0, log: true}\n"
+                     "fixed:\n  learning_starts: 200\n  batch_size: 64\n")
+    study = ["tune", "--env", "Pendulum-v1", "--space", str(space), "--trials", "1", "--steps", "300",
+             "--run-root", str(tmp_path / "runs"), "--no-tensorboard", "--quiet", "--expert", pendulum]
+    proc = cli(sys.executable, "-m", "aquaml.cli", *study, "--algo", "gail-sac", "--storage", str(tmp_path / "s.log"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "runs" / "s" / "trials.csv") as f:
+        assert [row["state"] for row in csv.DictReader(f)] == ["COMPLETE"]
+    with open(tmp_path / "runs" / "s" / "trial_0" / "progress.csv") as f:
+        assert "losses/disc_loss" in next(csv.reader(f))
+    proc = cli(sys.executable, "-m", "aquaml.cli", *study, "--algo", "sac", "--storage", str(tmp_path / "t.log"))
+    assert proc.returncode == 2
+    assert "fixed.expert: unknown parameter 'expert'; SACParameters fields" in proc.stderr
+
 # --- resume and MPI ----------------------------------------------------------------------------------
 
 class StoppingPendulum(GymnasiumEnv):
