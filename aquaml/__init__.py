@@ -22,6 +22,7 @@ from aquaml.parallel.failure import DEFERRED as _DEFERRED
 # TensorFlow prints hardware notes at import; keep them out of training logs unless asked for.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _DEFERRED.install()
+_importlib.import_module("aquaml._tensorflow_import").install()
 
 __version__ = "0.1.0"
 

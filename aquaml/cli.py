@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -82,11 +83,47 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _run_name(text: str) -> str:
+    from aquaml.storage import check_run_name
+    try:
+        return check_run_name(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one plain directory name (not empty, not '.' or '..', "
+                                         f"no '/'), got {text!r}") from None
+
+
 def _assignment(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE (e.g. gamma=0.95), got {text!r}")
     return key.strip(), value.strip()
+
+
+_GIVEN = "_given_once"
+
+
+class _StoreOnce(argparse._StoreAction):
+    """A flag with one value that may be given once: argparse would silently keep the last of two."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault(_GIVEN, {})
+        if self.dest in given and option_string is not None:
+            raise argparse.ArgumentError(self, f"given twice ({given[self.dest]} and {option_string} "
+                                               f"{_shown(values)}); give it once")
+        given[self.dest] = f"{option_string} {_shown(values)}"
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _shown(values: Any) -> str:
+    return ",".join(map(str, values)) if isinstance(values, tuple) else str(values)
+
+
+def _subcommand(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand parser whose one-value flags are ``_StoreOnce``."""
+    parser = sub.add_parser(name, allow_abbrev=False, **kwargs)
+    parser.register("action", None, _StoreOnce)
+    parser.register("action", "store", _StoreOnce)
+    return parser
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -107,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,plot,export,serve,serve-nats,tune}")
     fmt = _HelpFormatter
 
-    train = sub.add_parser("train", help="train SAC or PPO on a gymnasium environment", formatter_class=fmt,
-                           allow_abbrev=False)
+    train = _subcommand(sub, "train", help="train an algorithm on a gymnasium or remote environment",
+                        formatter_class=fmt)
     train.add_argument("--env", required=True,
                        help="gymnasium environment id, e.g. Pendulum-v1, or a remote environment URL: "
                             "nats://host:port/SUBJECT (a serve-nats server; ?protocol=gym-nats for a gym-nats "
@@ -124,12 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=_non_negative_int, default=0, help="random seed")
     train.add_argument("--ranks", type=_positive_int, default=1,
                        help="MPI ranks (1 optimizer + K-1 workers); K > 1 relaunches under mpiexec")
-    train.add_argument("--name", default=None, help="run name under --run-root (default: <env>_<algo>)")
+    train.add_argument("--name", type=_run_name, default=None,
+                       help="run name under --run-root, one directory name (default: <env>_<algo>)")
     train.add_argument("--run-root", default="runs", help="directory that holds runs")
     train.add_argument("--resume", action="store_true",
                        help="continue run --name from its newest valid checkpoint (start it if it has none)")
     train.add_argument("--checkpoint-interval", type=_non_negative_int, default=None,
                        help="steps between checkpoints; 0 = only at the end (default: a tenth of --steps)")
+    train.add_argument("--trust-checkpoint", action="store_true",
+                       help="with --resume: accept a checkpoint not signed with your key (copied from someone else, "
+                            "another machine, or an older aquaml); its pickled environments can run any code")
     train.add_argument("--keep-checkpoints", type=_positive_int, default=3, help="newest checkpoints kept")
     train.add_argument("--no-checkpoint-buffer", action="store_true",
                        help="leave the replay buffer out of checkpoints (smaller; SAC resumes with an empty buffer)")
@@ -152,16 +193,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    ev = sub.add_parser("eval", help="evaluate a trained run's policy", formatter_class=fmt, allow_abbrev=False)
+    ev = _subcommand(sub, "eval", help="evaluate a trained run's policy", formatter_class=fmt)
     ev.add_argument("run", help="run directory (or a policy export directory)")
     ev.add_argument("--episodes", type=_positive_int, default=20, help="episodes to run")
     ev.add_argument("--seed", type=_non_negative_int, default=0, help="episode k is reset with seed + k")
     ev.add_argument("--env", default=None,
                     help="gymnasium id or environment URL (default: the one the run was trained on)")
     ev.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    ev.add_argument("--trust-policy", action="store_true",
+                    help="run the export's SavedModel even when it is not signed with your key (a SavedModel can "
+                         "run any TensorFlow op); without it, such a policy of default models is rebuilt from its "
+                         "weights and any other is refused")
 
-    plot = sub.add_parser("plot", help="learning curves across seeds (seaborn)", formatter_class=fmt,
-                          allow_abbrev=False)
+    plot = _subcommand(sub, "plot", help="learning curves across seeds (seaborn)", formatter_class=fmt)
     plot.add_argument("paths", nargs="+", metavar="RUN_OR_DIR", help="run directories or directories holding runs")
     plot.add_argument("-o", "--output", required=True, help="image file (.png, .pdf or .svg) (required)")
     plot.add_argument("--y", default="eval/return_mean", help="progress.csv column to plot")
@@ -169,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--points", type=_positive_int, default=200, help="points of the common x grid")
     plot.add_argument("--title", default=None, help="figure title")
 
-    export = sub.add_parser("export", help="export a run's policy for deployment (SavedModel and .keras)",
-                            formatter_class=fmt, allow_abbrev=False)
+    export = _subcommand(sub, "export", help="export a run's policy for deployment (SavedModel and .keras)",
+                         formatter_class=fmt)
     export.add_argument("run", help="run directory")
     export.add_argument("-o", "--output", required=True, help="export directory to write (required)")
     export.add_argument("--checkpoint", default="latest",
@@ -301,29 +345,36 @@ def _add_tune_parser(sub: Any) -> None:
 # --- train -------------------------------------------------------------------------------------
 def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
     """The algorithm's parameters from the flags; ``--set`` values given as text are parsed by the
-    field's type, other values (``aquaml tune``'s sampled ones) are taken as they are."""
+    field's type, other values (``aquaml tune``'s sampled ones) are taken as they are. An error
+    the parameters class raises names the flag (or ``--set``) that gave the field."""
     cls = algo_cls.parameters_class
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {"total_steps": args.steps, "seed": args.seed}
+    origin = {"total_steps": f"--steps {args.steps}", "seed": f"--seed {args.seed}"}
     if args.eval_interval is not None:
         values["eval_interval"] = args.eval_interval
+        origin["eval_interval"] = f"--eval-interval {args.eval_interval}"
     if args.eval_episodes is not None:
         values["calculate_episodes"] = args.eval_episodes
+        origin["calculate_episodes"] = f"--eval-episodes {args.eval_episodes}"
     if getattr(args, "expert", None) is not None:
         if "expert" not in fields:
             raise CLIError(f"--expert: {cls.__name__} learns from no expert dataset; algorithms that do: "
                            f"{', '.join(_expert_algorithms()) or 'none registered'}")
         values["expert"] = args.expert
+        origin["expert"] = f"--expert {args.expert}"
     for key, text in args.set:
         if key not in fields:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
         if key in values:
             raise CLIError(f"--set {key} conflicts with a flag that sets {key} (or is given twice)")
-        values[key] = _parse_value(key, text, getattr(cls(), key)) if isinstance(text, str) else text
+        values[key] = _parse_value(key, text, fields[key]) if isinstance(text, str) else text
+        origin[key] = f"--set {key}={text}"
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise CLIError(str(exc)) from None
+        named = [flag for key, flag in origin.items() if re.search(rf"\b{key}\b", str(exc))]
+        raise CLIError(f"{'; '.join(named)}: {exc}" if named else str(exc)) from None
 
 
 def _expert_algorithms() -> list[str]:
@@ -333,23 +384,27 @@ def _expert_algorithms() -> list[str]:
             if "expert" in {f.name for f in dataclasses.fields(algorithm(n).parameters_class)}]
 
 
-def _parse_value(key: str, text: str, default: Any) -> Any:
-    """``none`` -> None, true/false -> bool, then int, float, or the text; the parameters class
-    then checks the value against the field with its usual message."""
+def _parse_value(key: str, text: str, field: dataclasses.Field | None) -> Any:
+    """``none`` -> None, true/false -> bool, then int, float, or the text, as the field's type
+    allows (any of them for None: a tuning entry that is no parameter, checked by the space); the
+    parameters class then checks the value against the field with its usual message."""
+    kind = "None | bool | int | float | str" if field is None else str(field.type)
     lowered = text.lower()
     if lowered in ("none", "null"):
+        if "None" not in kind:
+            raise CLIError(f"--set {key}: this field cannot be none ({kind}), got {text!r}")
         return None
     if lowered in ("true", "false"):
         return lowered == "true"
-    if isinstance(default, bool):
+    if kind == "bool":
         raise CLIError(f"--set {key}: expected true or false, got {text!r}")
-    for kind in (int, float):
+    for number in (int, float):
         try:
-            return kind(text)
+            return number(text)
         except ValueError:
             continue
-    if isinstance(default, (int, float)):
-        raise CLIError(f"--set {key}: expected a number, got {text!r}")
+    if re.search(r"\b(int|float)\b", kind) and "str" not in kind:
+        raise CLIError(f"--set {key}: expected a number{' or none' if 'None' in kind else ''}, got {text!r}")
     return text
 
 
@@ -361,6 +416,17 @@ def _mpiexec() -> str:
             return path
     raise CLIError("--ranks > 1 needs mpiexec: install the MPI extra (pip install 'aquaml[mpi]') or set "
                    "AQUAML_MPIEXEC to your MPI launcher")
+
+
+def default_run_name(args: argparse.Namespace) -> str:
+    """``--name``, or ``<env>_<algo>``: a URL by its host and subject, the ``/`` of a namespaced id
+    (``ALE/Pong-v5``) made ``-`` (a run name is one directory name)."""
+    from aquaml.envs.urls import is_env_url, url_name
+
+    if args.name is not None:
+        return args.name
+    env = url_name(args.env) if is_env_url(args.env) else args.env.replace("/", "-")
+    return f"{env}_{args.algo}"
 
 
 def resolve_algorithm(name: str, imports: Sequence[str] = ()) -> type:
@@ -408,15 +474,15 @@ def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluati
         raise CLIError(f"--algo {args.algo}: {exc}") from None
     probe.close()
     eval_env = getattr(args, "eval_env", None)
-    name = args.name or f"{url_name(args.env) if is_env_url(args.env) else args.env}_{args.algo}"
     try:
         return RLTaskStarter(env=args.env, model_class_dict=models, algo=algo_cls, algo_hyperparameter=params,
-                             eval_env=eval_env, name=name, run_root=args.run_root,
+                             eval_env=eval_env, name=default_run_name(args), run_root=args.run_root,
                              optimizer_threads=args.threads, verbose=not args.quiet,
                              tensorboard=not args.no_tensorboard, checkpoint_interval=args.checkpoint_interval,
                              keep_checkpoints=args.keep_checkpoints, checkpoint_buffer=not args.no_checkpoint_buffer,
                              resume=args.resume, config_extra={"cli": cli, **(config_extra or {})},
-                             mpi_comm=mpi_comm, on_evaluation=on_evaluation, abort_on_error=abort_on_error)
+                             mpi_comm=mpi_comm, on_evaluation=on_evaluation, abort_on_error=abort_on_error,
+                             trust_checkpoint=bool(cli.get("trust_checkpoint")))
     except (ValueError, TypeError, CheckpointError, ConnectionError, RuntimeError) as exc:  # SpecError,
         # ModelContractError, RemoteEnvError and StartupError included; a problem found by one rank of
         # an MPI task (see agree_to_start) is printed by that rank
@@ -483,12 +549,12 @@ def _tune_fixed(args: argparse.Namespace) -> dict[str, Any]:
     ``--eval-*``); ``--set`` text is parsed by the field's type, unknown names are refused by the
     space check."""
     from aquaml.tuning.space import algorithm_parameters
-    defaults = algorithm_parameters(args.algo)()
+    fields = {f.name: f for f in dataclasses.fields(algorithm_parameters(args.algo))}
     fixed: dict[str, Any] = {}
     for key, text in args.set:
         if key in fixed:
             raise CLIError(f"--set {key} is given twice")
-        fixed[key] = _parse_value(key, text, getattr(defaults, key, None))
+        fixed[key] = _parse_value(key, text, fields.get(key))
     flags = (("eval_interval", "--eval-interval", args.eval_interval),
              ("calculate_episodes", "--eval-episodes", args.eval_episodes),
              ("expert", "--expert", args.expert),
@@ -582,7 +648,7 @@ def _config(run: str) -> dict[str, Any]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from aquaml.envs.urls import make_env
-    from aquaml.run.export import POLICY_JSON, load_policy
+    from aquaml.run.export import POLICY_JSON, UntrustedPolicyError, load_policy
     from aquaml.acting.worker import evaluate
 
     if not os.path.isdir(args.run):
@@ -591,7 +657,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not is_export and not os.path.isfile(os.path.join(args.run, "policy", POLICY_JSON)):
         raise CLIError(f"{args.run} holds no exported policy (runs write policy/ when training ends; for a run "
                        f"stopped early, first run: aquaml export {args.run} -o {os.path.join(args.run, 'policy')})")
-    policy = load_policy(args.run)
+    try:
+        policy = load_policy(args.run, trust=args.trust_policy)
+    except UntrustedPolicyError as exc:
+        raise CLIError(str(exc)) from None
+    if policy.source == "weights":
+        print(f"{args.run}: not signed with your key, so its SavedModel was not run; acting with its actor "
+              "rebuilt from policy.json and actor.weights.h5", file=sys.stderr)
     env_id = args.env or policy.env_id
     if env_id is None:
         raise CLIError(f"{args.run} was trained on an environment that is not a gymnasium id; pass --env ID")
@@ -635,16 +707,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     if path is None:
         raise CLIError(f"{args.run} has no valid checkpoint")
     try:
-        Checkpointer.verify(path)
+        step = Checkpointer.verify(path)["step"]
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
-    arrays, state = Checkpointer.load(path)
+    arrays = Checkpointer.load_arrays(path)  # the variables alone: nothing from a pickle is needed to act
     cli = dict(config["cli"], quiet=True, resume=False)
     starter = make_train_starter(cli)
-    load_variables_state(starter.algo.state_groups(), arrays)
-    starter.algo.load_extra_state(state["algo"])
+    try:
+        load_variables_state(starter.algo.state_groups(), arrays)
+    except CheckpointError as exc:
+        raise CLIError(str(exc)) from None
     export_policy(starter.algo, args.output, config.get("env_id"))
-    print(f"exported {path} (step {state['step']}) to {args.output}")
+    print(f"exported {path} (step {step}) to {args.output}")
     return 0
 
 
@@ -714,6 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    vars(args).pop(_GIVEN, None)
     try:
         if args.command == "train":
             return cmd_train(args, argv)

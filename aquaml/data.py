@@ -43,6 +43,20 @@ def _dtype_name(dtype: np.dtype) -> str:
     return np.dtype(dtype).name
 
 
+def _compact_bound(bound: Any) -> Any:
+    """A Box bound as stored: one number when it repeats over more than one element (an image's 0
+    and 255), else as given (a nested list, or a number)."""
+    array = np.asarray(bound)
+    if array.size > 1 and np.all(array == array.flat[0]):
+        return array.flat[0].item()
+    return array.tolist() if isinstance(bound, np.ndarray) else bound
+
+
+def box_bounds(low: np.ndarray, high: np.ndarray) -> dict[str, Any]:
+    """``{'low': ..., 'high': ...}`` meta of a Box, each stored once when it repeats."""
+    return {"low": _compact_bound(low), "high": _compact_bound(high)}
+
+
 class DataInfo:
     """An immutable, ordered mapping ``name -> (shape, dtype)``.
 
@@ -51,7 +65,8 @@ class DataInfo:
         shapes: one shape per name; for a single name a single shape such as ``(3,)`` is accepted.
         dtypes: one dtype for all names, or one per name. Defaults to float32.
         meta: optional per-name facts that are not shape or dtype, kept for ``to_space``:
-            ``{'low': [...], 'high': [...]}`` for bounded boxes, ``{'n': k}`` for a discrete choice.
+            ``{'low': [...], 'high': [...]}`` for bounded boxes (a number where the bound is the same
+            everywhere), ``{'n': k}`` for a discrete choice.
 
     Raises:
         SpecError: names repeat, counts differ, or a shape or dtype is not understood.
@@ -88,7 +103,8 @@ class DataInfo:
         unknown = set(meta or {}) - set(names)
         if unknown:
             raise SpecError(f"DataInfo meta names {sorted(unknown)} are not among {names}")
-        object.__setattr__(self, "_meta", {n: dict(v) for n, v in (meta or {}).items()})
+        object.__setattr__(self, "_meta", {n: {k: _compact_bound(b) if k in ("low", "high") else b
+                                                   for k, b in v.items()} for n, v in (meta or {}).items()})
 
     def __setattr__(self, key, value):
         raise AttributeError("DataInfo is immutable; use add_info() or select() to derive a new one")
@@ -258,7 +274,7 @@ class DataInfo:
         if isinstance(space, spaces.Box):
             meta = {}
             if np.all(np.isfinite(space.low)) or np.all(np.isfinite(space.high)):
-                meta = {name: {"low": space.low.tolist(), "high": space.high.tolist()}}
+                meta = {name: box_bounds(space.low, space.high)}
             return cls(name, space.shape, space.dtype, meta)
         if isinstance(space, spaces.Discrete):
             return cls(name, (), np.int64, {name: {"n": int(space.n), "start": int(space.start)}})

@@ -404,10 +404,26 @@ def _check_actor(actor: Any, data: Trajectories) -> tuple[tuple[str, ...], int, 
     return names, list(info).index("action"), discrete
 
 
+def _cloning_target(actor: Any, squash: bool | None) -> tuple[Any, Callable[[dict], dict], bool]:
+    """The model to train, what turns recorded observations into its inputs, and ``squash``: from an
+    algorithm (its actor, its ``cloning_inputs``, tanh when its deterministic action is one) or a
+    bare model (inputs as recorded, tanh unless told otherwise)."""
+    import keras
+    if isinstance(actor, keras.Model):
+        return actor, dict, True if squash is None else squash
+    from aquaml.algos.base import Algorithm
+    if not isinstance(actor, Algorithm):
+        raise TypeError(f"behaviour_cloning clones an RLBaseModel actor or an algorithm (SAC, PPO, ...), "
+                        f"got {type(actor).__name__}")
+    head = actor.deterministic_head()
+    tanh = head is not None and head["action"] == "tanh"
+    return actor.actor.model, actor.cloning_inputs, tanh if squash is None else squash
+
+
 def behaviour_cloning(actor: Any, data: Trajectories, *, epochs: int = 30, batch_size: int = 256,
                       learning_rate: float | None = None, seed: int = 0, validation_fraction: float = 0.1,
-                      squash: bool = True) -> dict[str, float]:
-    """Train ``actor`` (an RLBaseModel) to reproduce the dataset's actions from its observations.
+                      squash: bool | None = None) -> dict[str, float]:
+    """Train ``actor`` (an RLBaseModel, or an algorithm's actor) to reproduce the dataset's actions.
 
     - Discrete action: the actor's ``action`` output is the logits; the loss is the softmax
       cross-entropy of the recorded index (what PPO's argmax then picks).
@@ -420,8 +436,13 @@ def behaviour_cloning(actor: Any, data: Trajectories, *, epochs: int = 30, batch
     Only the ``action`` output is trained (a ``log_std`` output is left as it is). Optimiser: Adam
     with ``learning_rate``, by default the actor's own ``learning_rate``. Rows are shuffled each
     epoch with ``seed``; ``validation_fraction`` of the rows (whole episodes when there are
-    several) are held out. Observations are fed as recorded: an algorithm that normalises
-    observations before its actor (PPO's ``obs_norm``) would see them differently.
+    several) are held out.
+
+    Given an algorithm (``starter.algo``), its actor is trained on the observations as the
+    algorithm feeds them to it: a PPO with ``normalize_obs`` first folds the dataset's observations
+    into its statistics and the actor learns on the normalised ones, so PPO then acts as the clone
+    learned. ``squash`` then defaults to the algorithm's own (True for SAC, False for PPO); for a
+    bare model it defaults to True, and the observations are fed as recorded.
 
     Returns:
         ``bc/train_loss`` (on all training rows after the last epoch), ``bc/val_loss`` (if any rows
@@ -429,6 +450,7 @@ def behaviour_cloning(actor: Any, data: Trajectories, *, epochs: int = 30, batch
         ``bc/train_rows``, ``bc/val_rows``, ``bc/epochs``.
 
     Raises:
+        TypeError: ``actor`` is neither a Keras model nor an algorithm.
         SpecError: the actor reads observations the dataset lacks, or its ``action`` output does
             not fit the dataset's action.
         ModelContractError: the actor lacks ``input_name``/``output_info`` or its call does not
@@ -441,17 +463,19 @@ def behaviour_cloning(actor: Any, data: Trajectories, *, epochs: int = 30, batch
         raise ValueError(f"behaviour_cloning needs epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
     if not len(data):
         raise ValueError("behaviour_cloning got an empty dataset")
+    actor, as_seen, squash = _cloning_target(actor, squash)
     names, index, discrete = _check_actor(actor, data)
     rng = np.random.default_rng(seed)
     train_rows, val_rows = _split_rows(data, validation_fraction, rng)
-    inputs = {n: data.columns[n] for n in names}
+    seen = as_seen(data.obs)
+    inputs = {n: seen[n] for n in names}
     target = data.columns["action"]
     target = target.astype(np.int64) if discrete else np.clip(target, -1.0, 1.0).astype(np.float32)
     _check_outputs(actor, [inputs[n][:2] for n in names], index)
     lr = float(actor.learning_rate if learning_rate is None else learning_rate)
     optimizer = keras.optimizers.Adam(learning_rate=lr)
-    signature = [[tf.TensorSpec((None,) + data.obs_info.shape(n), tf.as_dtype(data.obs_info.dtype(n)))
-                  for n in names], tf.TensorSpec((None,) + target.shape[1:], tf.as_dtype(target.dtype))]
+    signature = [[tf.TensorSpec((None,) + inputs[n].shape[1:], tf.as_dtype(inputs[n].dtype)) for n in names],
+                 tf.TensorSpec((None,) + target.shape[1:], tf.as_dtype(target.dtype))]
 
     def losses(x: list, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-row loss and per-row correctness (1.0 for continuous actions)."""

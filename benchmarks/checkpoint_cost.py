@@ -11,12 +11,12 @@ What is measured, and how:
    and the replay buffer in the checkpoints (the default). Every checkpoint the loop writes is
    recorded: ``Checkpointer.save``'s own ``last_seconds`` (files, fsyncs, checksums, rename, prune)
    and ``last_bytes``, the whole write as the loop pays it (``Worker.state_dict()`` + reading the
-   variables + ``save``, timed around ``RLTaskStarter.write_checkpoint``), and the size of each file
+   variables + ``save``, timed around the task's checkpoint sink, ``TaskCheckpoints.save``), and the size of each file
    from the checkpoint's MANIFEST.json.
-2. Repeated writes of the final state. The arguments of the run's last write (its Progress, loop
-   state, worker and buffer: 10k transitions in the buffer) are kept, and after the run that exact
-   call, ``starter.write_checkpoint(step, progress, loop_state, [worker.state_dict()], buffer)``, is
-   made ``--writes`` more times with ``starter.checkpoint_buffer`` True and False alternately (each
+2. Repeated writes of the final state. The arguments of the run's last write (its learner
+   state, worker snapshots and buffer: 10k transitions in the buffer) are kept, and after the run that exact
+   call, ``TaskCheckpoints.save(step, learner_state, workers, buffer)`` with a fresh worker snapshot, is
+   made ``--writes`` more times with the sink's ``keep_buffer`` True and False alternately (each
    under a new step number, so each is a fresh directory and the older ones are pruned, as in a
    run). Medians are printed.
 3. A full buffer, SYNTHETIC FILL (skipped with ``--no-fill``): rows 10k..100k of the same buffer are
@@ -43,9 +43,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tutorials"))
 
 from aquaml.parallel.devices import limit_tf_threads  # noqa: E402
+from aquaml.run.checkpoint import TaskCheckpoints  # noqa: E402
 
 MB = 1e6
-FILES = ("algo.npz", "state.pkl", "replay.h5", "MANIFEST.json")
+FILES = ("algo.npz", "state.json", "state.npz", "workers.0.worker.envs.pkl", "replay.h5", "MANIFEST.json")
 
 
 def manifest_sizes(path: str) -> dict[str, int]:
@@ -57,42 +58,45 @@ def manifest_sizes(path: str) -> dict[str, int]:
 
 
 class Recorder:
-    """Wraps one starter's ``write_checkpoint`` and its worker's ``state_dict`` to time every write."""
+    """Wraps ``TaskCheckpoints.save`` (the task's checkpoint sink) and the worker's ``state_dict``
+    to time every checkpoint write of one starter."""
 
     def __init__(self, starter) -> None:
         self.starter = starter
         self.records: list[dict] = []
-        self.last_args = None
+        self.sink = self.last_args = None
         self._snapshot_s = 0.0
-        write, state_dict = starter.write_checkpoint, starter.worker.state_dict
+        state_dict, save = starter.worker.state_dict, TaskCheckpoints.save
+        recorder = self
 
         def timed_state_dict():
             t0 = time.perf_counter()
             out = state_dict()
-            self._snapshot_s = time.perf_counter() - t0
+            recorder._snapshot_s = time.perf_counter() - t0
             return out
 
-        def timed_write(step, progress, loop, workers, buffer=None, counts=None):
-            self.last_args = (progress, loop, buffer)
+        def timed_save(sink, step, learner, workers, buffer, counts=None):
+            recorder.sink, recorder.last_args = sink, (learner, workers, buffer, counts)
             t0 = time.perf_counter()
-            path = write(step, progress, loop, workers, buffer, counts)
-            whole = time.perf_counter() - t0 + self._snapshot_s
-            ck = starter.checkpointer
-            self.records.append({"step": step, "buffer": starter.checkpoint_buffer, "rows": len(starter.buffer),
-                                 "save_s": ck.last_seconds, "whole_s": whole, "snapshot_s": self._snapshot_s,
-                                 "bytes": ck.last_bytes + os.path.getsize(os.path.join(path, "MANIFEST.json")),
-                                 "files": manifest_sizes(path)})
-            self._snapshot_s = 0.0
+            path = save(sink, step, learner, workers, buffer, counts)
+            whole = time.perf_counter() - t0 + recorder._snapshot_s
+            ck = sink.checkpointer
+            recorder.records.append({"step": step, "buffer": sink.keep_buffer, "rows": len(starter.buffer),
+                                     "save_s": ck.last_seconds, "whole_s": whole, "snapshot_s": recorder._snapshot_s,
+                                     "bytes": ck.last_bytes + os.path.getsize(os.path.join(path, "MANIFEST.json")),
+                                     "files": manifest_sizes(path)})
+            recorder._snapshot_s = 0.0
             return path
 
-        starter.write_checkpoint = timed_write
+        TaskCheckpoints.save = timed_save
         starter.worker.state_dict = timed_state_dict
 
     def write_again(self, step: int, with_buffer: bool) -> dict:
-        """The loop's final write call once more, under ``step``; returns its record."""
-        progress, loop, buffer = self.last_args
-        self.starter.checkpoint_buffer = with_buffer
-        self.starter.write_checkpoint(step, progress, loop, [self.starter.worker.state_dict()], buffer)
+        """The loop's final write once more, under ``step``, with a fresh worker snapshot; returns its record."""
+        learner, workers, buffer, counts = self.last_args
+        self.sink.keep_buffer = with_buffer
+        fresh = [dict(w, worker=self.starter.worker.state_dict()) if "worker" in w else w for w in workers]
+        self.sink.save(step, learner, fresh, buffer, counts)
         return self.records[-1]
 
 

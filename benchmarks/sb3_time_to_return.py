@@ -1,9 +1,10 @@
 """Stable-Baselines3's SAC on Pendulum-v1: training wall-clock until its evaluation reaches a return.
 
-    /tmp/sb3-peer-venv/bin/python benchmarks/sb3_time_to_return.py [--seeds 0 1 2] [--threshold -200]
+    $(bash benchmarks/sb3_peer.sh) benchmarks/sb3_time_to_return.py [--seeds 0 1 2] [--threshold -200]
 
-Run it with the Python of the peer's virtual environment (../shared/peers/sb3_sac_pendulum.sh builds
-it): same settings as that script (default MlpPolicy, learning rate 1e-3, one thread). Every 1,000
+Run it with the Python of the peer's virtual environment (``benchmarks/sb3_peer.sh`` builds it and
+prints it): the settings of ``benchmarks/sb3_sac_pendulum.py`` (default MlpPolicy, learning rate
+1e-3, one thread). Every 1,000
 steps it pauses the clock and runs 10 deterministic evaluation episodes; it prints the training
 seconds (evaluation excluded) at the first evaluation at or above the threshold.
 """

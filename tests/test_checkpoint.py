@@ -1,7 +1,9 @@
 """Checkpoints: killed runs resume exactly, damaged checkpoints are skipped, nothing is half-written."""
 import csv
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,14 +157,36 @@ def test_resume_refuses_a_changed_task_before_any_work(run_root):
     assert open(progress).read() == before
 
 
-def test_resume_without_a_checkpoint_starts_afresh_and_keeps_what_was_there(run_root):
-    os.makedirs(os.path.join(run_root, "run"))
-    with open(os.path.join(run_root, "run", "progress.csv"), "w") as f:
+def test_resume_without_a_checkpoint_sets_the_earlier_attempt_aside_and_says_where(run_root, capsys):
+    run_dir = os.path.join(run_root, "run")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:  # an attempt killed before its first checkpoint
+        json.dump({"name": "run", "algo": "SAC", "parameters": {}}, f)
+    with open(os.path.join(run_dir, "progress.csv"), "w") as f:
         f.write("global_step\n100\n")
     starter = small_starter(run_root, steps=200, resume=True)
     starter.run()
-    assert open(os.path.join(run_root, "run", "previous-1", "progress.csv")).read() == "global_step\n100\n"
+    assert open(os.path.join(run_dir, "previous-1", "progress.csv")).read() == "global_step\n100\n"
     assert [r["global_step"] for r in curve(starter.run_dir)] == ["100", "200"]
+    err = capsys.readouterr().err
+    assert f"moved config.json, progress.csv to {os.path.join(run_dir, 'previous-1')}" in err, err
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b"])
+def test_a_name_that_is_not_one_plain_directory_name_is_refused(name, run_root):
+    with pytest.raises(ValueError, match="name must be one plain directory name"):
+        small_starter(run_root, name=name, resume=True)
+
+
+def test_resume_refuses_to_start_in_a_directory_that_holds_files_but_no_run(run_root):
+    """Only a directory holding an aquaml run (its config.json) is ever set aside: other files stay put."""
+    folder = os.path.join(run_root, "project")
+    os.makedirs(os.path.join(folder, "src"))
+    with open(os.path.join(folder, "important.txt"), "w") as f:
+        f.write("keep me")
+    with pytest.raises(ValueError, match="holds files but no aquaml run"):
+        small_starter(run_root, name="project", resume=True)
+    assert sorted(os.listdir(folder)) == ["important.txt", "src"]
 
 
 def test_bad_checkpoint_arguments_are_rejected(run_root):
@@ -180,3 +204,28 @@ def test_resuming_a_finished_sac_run_under_mpi_ends_instead_of_waiting(run_root)
     out = run(script(run_root, "done", *args, "--resume", ranks=3), timeout=120).stdout
     assert out.count("done") == 3
     assert max(Checkpointer(os.path.join(run_root, "done")).steps()) == 400
+
+
+def tensorboard_scalars(run_dir, tag):
+    """(step, value) of every event of ``tag`` in the run's TensorBoard files, in step order."""
+    import tensorflow as tf
+    found = []
+    for name in sorted(os.listdir(run_dir)):
+        if "tfevents" in name:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(run_dir, name)):
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        found.append((event.step, float(tf.make_ndarray(value.tensor))))
+    return sorted(found)
+
+
+def test_tensorboard_after_a_resume_shows_what_progress_csv_shows(cli_runs):
+    """Killed after its row at step 200 but before that checkpoint was complete, then resumed: TensorBoard
+    must not keep the lost attempt's step-200 events beside the resumed ones."""
+    from conftest import resume_cli_run
+    run_dir = str(cli_runs / "run")
+    shutil.rmtree(Checkpointer(run_dir).path(200))
+    assert resume_cli_run(cli_runs, 200) == 0
+    rows = [(int(r["global_step"]), float(r["charts/updates"])) for r in csv.DictReader(open(os.path.join(run_dir, "progress.csv")))]
+    assert [s for s, _ in rows] == [100, 200]
+    assert tensorboard_scalars(run_dir, "charts/updates") == rows

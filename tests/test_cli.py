@@ -46,6 +46,17 @@ def test_every_flag_of_every_subcommand_documents_its_default():
     (["train", "--env", "Pendulum-v1", "--set", "seed=3"], "--set seed conflicts"),
     (["train", "--env", "Pendulum-v1", "--set", "gamma=fast"], "--set gamma: expected a number"),
     (["train", "--env", "Pendulum-v1", "--hidden", "64,x"], "comma-separated layer widths"),
+    (["train", "--env", "Pendulum-v1", "--env", "CartPole-v1"],
+     "argument --env: given twice (--env Pendulum-v1 and --env CartPole-v1); give it once"),
+    (["train", "--env", "Pendulum-v1", "--set", "buffer_size=100"],
+     "--set buffer_size=100: buffer_size must be >= batch_size=256"),
+    (["train", "--env", "Pendulum-v1", "--set", "batch_size=0"], "--set batch_size=0: batch_size must be a positive int"),
+    (["train", "--env", "CartPole-v1", "--algo", "ppo", "--set", "rollout_steps=1.5"],
+     "--set rollout_steps=1.5: rollout_steps must be a positive int, got 1.5"),
+    (["train", "--env", "CartPole-v1", "--algo", "ppo", "--set", "target_kl=high"],
+     "--set target_kl: expected a number or none, got 'high'"),
+    (["train", "--env", "Pendulum-v1", "--steps", "100", "--eval-interval", "50", "--set", "epoch_length=30",
+      "--set", "eval_interval=10"], "--set eval_interval conflicts"),
     (["train", "--env", "CartPole-v1", "--algo", "sac", "--steps", "100"], "SAC needs a continuous"),
     (["train", "--env", "NoSuchEnv-v0", "--steps", "100"], "--env NoSuchEnv-v0: cannot make"),
     (["train"], "the following arguments are required: --env"),
@@ -136,3 +147,29 @@ def test_exported_policy_needs_only_tensorflow_and_matches_the_algorithm(run_roo
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert np.array_equal(np.array(eval(proc.stdout.strip().splitlines()[-1]), np.float32), expected)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "../elsewhere"])
+def test_a_run_name_that_is_not_one_plain_directory_name_is_refused_and_nothing_moves(name, tmp_path, monkeypatch,
+                                                                                       capsys):
+    """``--name ..`` with ``--resume`` in a project folder once moved the folder's files into previous-1/."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "important.txt").write_text("keep me")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "model.py").write_text("x = 1")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--env", "Pendulum-v1", "--steps", "100", "--name", name, "--resume"])
+    assert exit_info.value.code == 2
+    assert "--name: expected one plain directory name" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_resume_with_other_hidden_widths_is_refused_before_anything_changes(cli_runs, capsys):
+    from conftest import resume_cli_run
+    config = (cli_runs / "run" / "config.json").read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        resume_cli_run(cli_runs, 300, hidden="32,32")
+    assert exit_info.value.code == 2
+    assert "--hidden: checkpoint [16, 16], now [32, 32]" in capsys.readouterr().err
+    assert (cli_runs / "run" / "config.json").read_text() == config

@@ -78,6 +78,16 @@ def test_spaces_round_trip():
         DataInfo.from_space(gym.spaces.Text(5))
 
 
+def test_bounds_repeated_over_a_box_are_stored_once():
+    image = gym.spaces.Box(0, 255, (84, 84, 3), np.uint8)
+    info = DataInfo.from_space(image)
+    assert len(info.to_json()) < 300  # not 21,168 values per bound
+    assert DataInfo.from_json(info.to_json()).to_space() == image
+    mixed = gym.spaces.Box(np.array([-1.0, -2.0], np.float32), np.array([1.0, 2.0], np.float32))
+    assert DataInfo.from_space(mixed).meta("obs") == {"low": [-1.0, -2.0], "high": [1.0, 2.0]}
+    assert DataInfo.from_space(mixed).to_space() == mixed
+
+
 def test_tensor_specs_json_pickle_and_add_info():
     info = DataInfo(("obs", "k"), ((3,), ()), (np.float32, np.int64))
     specs = info.tensor_specs()

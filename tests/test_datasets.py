@@ -295,3 +295,26 @@ def test_behaviour_cloning_checks_the_actor_against_the_dataset():
     actor = MLPActor(action_dim=2, obs_name="pose")
     with pytest.raises(SpecError, match=r"choice among 3.*must be \(3,\)"):
         behaviour_cloning(actor, discrete, epochs=1)
+
+
+def test_cloning_into_ppo_learns_on_the_observations_as_ppo_normalises_them():
+    """Observations around 50: PPO with normalize_obs feeds its actor (obs - mean) / std, so a clone
+    trained on the raw rows would see other inputs when PPO acts. Cloned through the algorithm, the
+    statistics come from the dataset and PPO's deterministic action reproduces the expert's."""
+    from test_ppo import Actor, Critic, make_ppo
+    rng = np.random.default_rng(2)
+
+    def rows(n):
+        obs = (50.0 + 5.0 * rng.normal(size=(n, 3))).astype(np.float32)
+        return obs, np.clip(0.4 * (obs[:, :1] - 50.0) / 5.0, -1, 1).astype(np.float32)
+    obs, action = rows(2048)
+    data = Trajectories(DataInfo("obs", (3,)), DataInfo("action", (1,)),
+                        {"obs": obs, "action": action, "reward": np.zeros(len(obs), np.float32),
+                         "terminated": np.zeros(len(obs), bool), "truncated": np.zeros(len(obs), bool)}, [0])
+    tf.keras.utils.set_random_seed(0)
+    ppo = make_ppo(DataInfo("action", (1,)), {"actor": Actor, "critic": Critic}, normalize_obs=True)
+    behaviour_cloning(ppo, data, epochs=20, batch_size=128, validation_fraction=0.0)
+    np.testing.assert_allclose(ppo.obs_rms["obs"].mean, obs.mean(0), rtol=1e-5)  # statistics from the dataset
+    test_obs, want = rows(512)
+    got = ppo.act({"obs": test_obs}, deterministic=True)["action"]
+    assert np.mean((got - want) ** 2) < 0.01

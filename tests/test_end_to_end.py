@@ -175,3 +175,19 @@ def test_several_envs_per_worker_count_every_transition(run_root):
         rows = list(csv.DictReader(f))
     assert [int(r["global_step"]) for r in rows] == [200, 400]
     assert int(rows[-1]["charts/updates"]) == 300
+
+
+def test_the_first_screen_of_a_run_holds_only_aquamls_lines(tmp_path):
+    """TensorFlow's import prints absl's "log messages before absl::InitializeLog()" notice and the
+    oneDNN note (twice each, on every rank); a user's terminal should show aquaml's lines alone."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "OMPI_", "PMIX_", "TF_CPP_", "TF_ENABLE_ONEDNN"))}
+    proc = subprocess.run([sys.executable, "-m", "aquaml.cli", "train", "--env", "Pendulum-v1", "--steps", "200",
+                           "--hidden", "16,16", "--set", "learning_starts=100", "--set", "epoch_length=100",
+                           "--eval-episodes", "1", "--no-tensorboard"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines and all(line.startswith("[Pendulum-v1_sac] ") for line in lines), "\n".join(lines[:12])

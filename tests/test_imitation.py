@@ -2,6 +2,7 @@
 the environment's rewards alone, start-up checks of datasets and discriminators, a task learned from the
 discriminator alone, exact resume, and GAIL under mpiexec."""
 import csv
+import json
 import math
 import os
 import re
@@ -369,15 +370,19 @@ def test_a_tuning_study_passes_the_expert_to_every_trial_and_sac_refuses_it(tmp_
     save_data(pendulum, record_policy(GymnasiumEnv("Pendulum-v1"), tutorial5.pendulum_swing_up, episodes=2, seed=0))
     space = tmp_path / "space.yaml"
     space.write_text("search:\n  grad_penalty: {type: float, low: 0.01, high: 1.0, log: true}\n"
-                     "fixed:\n  learning_starts: 200\n  batch_size: 64\n")
+                     "fixed:\n  learning_starts: 200\n")
     study = ["tune", "--env", "Pendulum-v1", "--space", str(space), "--trials", "1", "--steps", "300",
-             "--run-root", str(tmp_path / "runs"), "--no-tensorboard", "--quiet", "--expert", pendulum]
+             "--run-root", str(tmp_path / "runs"), "--no-tensorboard", "--quiet", "--expert", pendulum,
+             "--set", "batch_size=64"]
     proc = cli(sys.executable, "-m", "aquaml.cli", *study, "--algo", "gail-sac", "--storage", str(tmp_path / "s.log"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(tmp_path / "runs" / "s" / "trials.csv") as f:
         assert [row["state"] for row in csv.DictReader(f)] == ["COMPLETE"]
     with open(tmp_path / "runs" / "s" / "trial_0" / "progress.csv") as f:
         assert "losses/disc_loss" in next(csv.reader(f))
+    with open(tmp_path / "runs" / "s" / "trial_0" / "config.json") as f:
+        parameters = json.load(f)["parameters"]
+    assert (parameters["expert"], parameters["batch_size"]) == (pendulum, 64)
     proc = cli(sys.executable, "-m", "aquaml.cli", *study, "--algo", "sac", "--storage", str(tmp_path / "t.log"))
     assert proc.returncode == 2
     assert "fixed.expert: unknown parameter 'expert'; SACParameters fields" in proc.stderr

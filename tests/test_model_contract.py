@@ -115,3 +115,33 @@ def test_keras_model_subclass_like_the_reference_is_accepted():
     env = start(actor=RefActor)
     assert env.steps_taken == 0
 
+
+
+def test_default_models_feed_a_discrete_observation_one_hot_and_a_uint8_image_in_zero_one():
+    import gymnasium as gym
+    import numpy as np
+
+    from aquaml import GymnasiumEnv, PPO, PPOParameters, default_models
+    lake = GymnasiumEnv("FrozenLake-v1")
+    actor = default_models("ppo", lake.obs_info, lake.action_info)["actor"]()
+    cells = np.arange(16, dtype=np.int64)
+    logits = actor(cells)[0].numpy()
+    assert tuple(actor.hidden_layers[0].kernel.shape) == (16, 64)  # one input per cell, not the raw index
+    x = tf.constant(np.eye(16, dtype=np.float32))
+    for layer in actor.hidden_layers:
+        x = layer(x)
+    np.testing.assert_allclose(logits, actor.mean(x).numpy(), rtol=1e-6)
+
+    image_info = DataInfo.from_space(gym.spaces.Box(0, 255, (4, 4, 3), np.uint8), "pixels")
+    critic = default_models("sac", image_info, DataInfo("action", (1,)))["qf1"]()
+    image = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3)).astype(np.uint8)
+    action = np.zeros((2, 1), np.float32)
+    x = tf.concat([image.reshape(2, -1).astype(np.float32) / 255.0, action], -1)
+    q = critic(image, action).numpy()
+    for layer in critic.hidden_layers:
+        x = layer(x)
+    np.testing.assert_allclose(q, critic.out(x).numpy(), rtol=1e-5)
+
+    starter = RLTaskStarter(env="FrozenLake-v1", model_class_dict=default_models("ppo", lake.obs_info, lake.action_info),
+                            algo=PPO, algo_hyperparameter=PPOParameters(calculate_episodes=1), verbose=False)
+    assert starter.algo.host_policy(0).backend == "numpy"  # workers still act without TensorFlow

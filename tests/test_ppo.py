@@ -213,6 +213,27 @@ def test_a_round_makes_every_pass_unless_target_kl_stops_it():
     assert metrics["losses/epochs"] == 1
 
 
+def test_target_kl_stops_before_the_step_it_would_have_exceeded():
+    """Stable-Baselines3's rule: a minibatch whose KL (before its step) exceeds 1.5 x target_kl ends the
+    round without its step. Here every stored log-probability is 1 below the policy's, so the first
+    minibatch's KL is mean(e^1 - 1 - 1) = e - 2: nothing may change, neither actor nor critic."""
+    rng = np.random.default_rng(6)
+    ppo = make_ppo(DataInfo("action", (1,)), {"actor": Actor, "critic": Critic}, update_epochs=3, batch_size=64,
+                   target_kl=0.01, normalize_advantage=False)
+    segments = fake_segments(ppo, rng)
+    weights = [w.numpy().copy() for w in ppo.actor.model.weights + ppo.critic.model.weights]
+    segments["log_prob"] = segments["log_prob"] - 1.0
+    metrics = dict(zip(PPO.metric_names, ppo.train(segments)))
+    assert metrics["losses/epochs"] == 1
+    assert metrics["losses/approx_kl"] == pytest.approx(np.e - 2, rel=1e-5)
+    for before, after in zip(weights, ppo.actor.model.weights + ppo.critic.model.weights):
+        np.testing.assert_array_equal(after.numpy(), before)
+    assert int(ppo.actor.optimizer.iterations.numpy()) == 0 and int(ppo.critic.optimizer.iterations.numpy()) == 0
+    segments["log_prob"] = segments["log_prob"] + 1.0  # the policy's own: KL 0 before the first step
+    ppo.train(segments)
+    assert int(ppo.actor.optimizer.iterations.numpy()) >= 1 and int(ppo.critic.optimizer.iterations.numpy()) >= 1
+
+
 def test_observation_statistics_merge_every_segment_and_travel_with_the_weights():
     rng = np.random.default_rng(5)
     ppo = make_ppo(DataInfo("action", (1,)), {"actor": Actor, "critic": Critic}, normalize_obs=True)

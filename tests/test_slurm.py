@@ -45,7 +45,8 @@ class Cluster:
     def submit(self, script: str, workdir: Path, name: str, variables: dict, *sbatch_args: str) -> str:
         """``sbatch --parsable --chdir workdir --export=ALL,K=V,...`` of ``hpc_jobs/<script>``; the job id."""
         (workdir / "logs").mkdir(parents=True, exist_ok=True)  # Slurm does not create it
-        variables = {"AQUAML_VENV": str(VENV), **variables}
+        # the session's checkpoint key (conftest), not the user's: AQUAML_ variables are not inherited here
+        variables = {"AQUAML_VENV": str(VENV), "AQUAML_KEY_FILE": os.environ["AQUAML_KEY_FILE"], **variables}
         assert not any("," in str(v) for v in variables.values()), "sbatch --export cannot carry commas"
         export = ",".join(["ALL"] + [f"{k}={v}" for k, v in variables.items()])
         proc = self.run("sbatch", "--parsable", f"--chdir={workdir}", f"--job-name={name}", f"--export={export}",

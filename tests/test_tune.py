@@ -313,7 +313,7 @@ def test_preemption_term_then_kill_then_the_same_command_finishes_exactly_n(tmp_
             assert retries and retries[-1].state.name == "COMPLETE", (t.number, [r.number for r in retries])
     for t in finished:
         steps = progress_steps(tmp_path / t.user_attrs["run_dir"])
-        assert steps[-1] == 400 and all(a < b for a, b in zip(steps, steps[1:])), (t.number, steps)
+        assert steps[-1] == 400 and all(a < b for a, b in zip(steps, steps[1:])), f"trial {t.number}: {steps}"
     retried = [t for t in finished if "failed_trial" in t.system_attrs]
     assert retried and all(t.user_attrs["run_dir"].endswith(f"trial_{t.system_attrs['failed_trial']}") for t in retried)
     assert np.isfinite([t.value for t in finished]).all()

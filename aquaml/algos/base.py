@@ -122,6 +122,19 @@ class Algorithm(abc.ABC):
         ``{'action': (B, *s)}`` (continuous actions in [-1, 1], discrete ones as indices) plus a
         recurrent actor's next state. ``obs`` holds the actor's input names."""
 
+    def deterministic_head(self) -> dict[str, Any] | None:
+        """How ``export_act`` follows from the actor's outputs, as JSON data, so that an exported
+        policy can be rebuilt from the actor's weights alone without running its SavedModel
+        (``aquaml.run.export``): ``{'action': 'tanh' | 'clip' | 'argmax', 'normalize': {name:
+        {'mean', 'var'}}, 'obs_clip': c}``. None (the default) when no such head describes it: a
+        policy exported from someone else is then only run with ``trust=True``."""
+        return None
+
+    def cloning_inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Recorded observations as the actor sees them when this algorithm acts, for
+        ``aquaml.behaviour_cloning`` (e.g. normalised); unchanged by default."""
+        return dict(obs)
+
     @abc.abstractmethod
     def actor_weight_variables(self) -> list:
         """The variables acting reads (actor weights, and e.g. a global log_std or normaliser

@@ -239,6 +239,8 @@ class SACParameters(ReplayParameters):
         _check_ints(self, ("batch_size", "sequence_length"), ("burn_in",))
         _check(self.burn_in < self.sequence_length, "burn_in", f"below sequence_length={self.sequence_length}",
                self.burn_in)
+        _check(self.buffer_size >= self.batch_size, "buffer_size",
+               f">= batch_size={self.batch_size} (the transitions one update samples)", self.buffer_size)
         _check(0.0 <= self.gamma <= 1.0, "gamma", "in [0, 1]", self.gamma)
         _check(0.0 < self.tau <= 1.0, "tau", "in (0, 1]", self.tau)
         _check(self.alpha > 0, "alpha", "> 0", self.alpha)
@@ -307,7 +309,8 @@ class PPOParameters(RolloutParameters):
     normalize_advantage: bool = True
     """Normalise advantages to zero mean, unit std within each minibatch."""
     target_kl: float | None = None
-    """Stop a training round early once a minibatch's approximate KL exceeds 1.5 x this; None: never."""
+    """End a training round at the first minibatch whose approximate KL, measured before its gradient
+    step, exceeds 1.5 x this, without taking that step (Stable-Baselines3's rule); None: never."""
     normalize_obs: bool = False
     """Normalise float observations by running mean/std merged from every worker's rollouts."""
     obs_clip: float = 10.0

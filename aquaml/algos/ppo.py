@@ -16,6 +16,7 @@ start inside it. Values, advantages and the critic stay per step.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Sequence
 
 import keras
@@ -295,6 +296,15 @@ class PPO(OnPolicyAlgorithm):
         extra = {k: v for k, v in out.items() if k not in ("action", "log_std", "value")}
         return {"action": action, "sample": sample, "log_prob": log_prob, **extra}
 
+    def deterministic_head(self) -> dict[str, Any]:
+        """How ``act(obs, deterministic=True)`` follows from the actor's outputs, as JSON data, for a
+        policy rebuilt from the actor's weights alone (``aquaml.run.export``): observations
+        normalised with the current statistics and clipped to ``obs_clip``, then the most likely
+        choice (``argmax``) or the mean clipped to [-1, 1] (``clip``)."""
+        return {"action": "argmax" if self.discrete else "clip", "obs_clip": float(self.params.obs_clip),
+                "normalize": {n: {"mean": self.norm_mean[n].numpy().tolist(), "var": self.norm_var[n].numpy().tolist()}
+                              for n in self.norm_names}}
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """For a batch of observations: ``action`` (for the environment), ``sample`` and ``log_prob``,
         and a recurrent actor's next state (``hidden1``, ...)."""
@@ -330,10 +340,29 @@ class PPO(OnPolicyAlgorithm):
     # --- training ------------------------------------------------------------------------------
     def _apply(self, optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
                variables: list) -> None:
-        grads = tape.gradient(loss, variables)
+        self._apply_gradients(optimizer, tape.gradient(loss, variables), variables)
+
+    def _apply_gradients(self, optimizer: keras.optimizers.Optimizer, grads: list, variables: list) -> None:
         if self.params.max_grad_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, self.params.max_grad_norm)
         optimizer.apply_gradients(zip(grads, variables))
+
+    def _flat_losses(self, obs: Mapping[str, tf.Tensor], mb: Mapping[str, tf.Tensor],
+                     advantage: tf.Tensor) -> dict[str, tf.Tensor]:
+        """PPO's losses on a minibatch of single steps (``obs`` normalised), as ``sequence_losses``
+        gives them for chunks."""
+        p = self.params
+        out = self._actor_outputs(obs)
+        log_prob, entropy = self.log_prob_entropy(out, mb["sample"])
+        pi_loss, clip_fraction = self.policy_loss(log_prob, mb["log_prob"], advantage, p.clip_range)
+        entropy = tf.reduce_mean(entropy)
+        losses = {"policy_loss": pi_loss, "entropy": entropy, "clip_fraction": clip_fraction,
+                  "approx_kl": self.approx_kl(log_prob, mb["log_prob"]), "loss": pi_loss - p.ent_coef * entropy}
+        if self.shared:
+            losses["value_loss"] = self.value_loss(tf.reshape(out["value"], [-1]), mb["value"], mb["return"],
+                                                   p.clip_range_vf)
+            losses["loss"] += p.vf_coef * losses["value_loss"]
+        return losses
 
     def _train_step(self, mb: Mapping[str, tf.Tensor]) -> tf.Tensor:
         p = self.params
@@ -342,24 +371,33 @@ class PPO(OnPolicyAlgorithm):
             mean, var = tf.nn.moments(advantage, axes=[0])
             advantage = (advantage - mean) * tf.math.rsqrt(var + 1e-8)
         obs = self._normalize(mb)
-        if not self.shared:
-            v_loss = self._train_critic(obs, mb["value"], mb["return"])
-        first = None
-        for _ in range(p.update_actor_times):
-            with tf.GradientTape() as tape:
-                out = self._actor_outputs(obs)
-                log_prob, entropy = self.log_prob_entropy(out, mb["sample"])
-                pi_loss, clip_fraction = self.policy_loss(log_prob, mb["log_prob"], advantage, p.clip_range)
-                entropy = tf.reduce_mean(entropy)
-                loss = pi_loss - p.ent_coef * entropy
-                if self.shared:
-                    v_loss = self.value_loss(tf.reshape(out["value"], [-1]), mb["value"], mb["return"], p.clip_range_vf)
-                    loss += p.vf_coef * v_loss
-            if first is None:  # the statistics of the minibatch before this round's first step on it
-                first = (pi_loss, entropy, self.approx_kl(log_prob, mb["log_prob"]), clip_fraction)
-            self._apply(self.actor.optimizer, tape, loss, self._actor_variables())
-        pi_loss, entropy, kl, clip_fraction = first
-        return tf.stack([pi_loss, v_loss, entropy, kl, clip_fraction])
+        return self._minibatch_steps(functools.partial(self._flat_losses, obs, mb, advantage),
+                                     (obs, mb["value"], mb["return"], None))
+
+    def _minibatch_steps(self, actor_losses: Any, critic_batch: tuple) -> tf.Tensor:
+        """The gradient steps on one minibatch: ``update_critic_times`` of a separate critic on
+        ``critic_batch`` (observations, old values, returns, weights) and ``update_actor_times`` of
+        the actor on ``actor_losses()``, unless the minibatch's KL before them exceeds
+        1.5 x ``target_kl`` (Stable-Baselines3's rule: the round ends without the step that would
+        overshoot). Returns the metrics of the minibatch before its first step, then 1.0 if the
+        steps were taken and 0.0 if not."""
+        p = self.params
+        variables = self._actor_variables()
+        with tf.GradientTape() as tape:
+            first = actor_losses()
+        grads = tape.gradient(first["loss"], variables)
+        proceed = True if p.target_kl is None else first["approx_kl"] <= 1.5 * p.target_kl
+        if proceed:  # a tf.cond when target_kl is set
+            v_loss = first["value_loss"] if self.shared else self._train_critic(*critic_batch)
+            self._apply_gradients(self.actor.optimizer, grads, variables)
+            for _ in range(p.update_actor_times - 1):
+                with tf.GradientTape() as tape:
+                    loss = actor_losses()["loss"]
+                self._apply(self.actor.optimizer, tape, loss, variables)
+        else:
+            v_loss = first["value_loss"] if self.shared else self._critic_loss(*critic_batch)
+        return tf.stack([first["policy_loss"], v_loss, first["entropy"], first["approx_kl"], first["clip_fraction"],
+                         tf.cast(proceed, tf.float32)])
 
     def sequence_outputs(self, chunks: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """The actor replayed over chunks ``(n, sequence_length, ...)`` of raw observations.
@@ -405,6 +443,11 @@ class PPO(OnPolicyAlgorithm):
                 losses["loss"] += p.vf_coef * losses["value_loss"]
         return losses
 
+    def _critic_loss(self, obs: Mapping[str, tf.Tensor], old_value: tf.Tensor, returns: tf.Tensor,
+                     weights: tf.Tensor | None = None) -> tf.Tensor:
+        """The separate critic's value loss on normalised observations (no step)."""
+        return self.value_loss(self._value_normalized(obs), old_value, returns, self.params.clip_range_vf, weights)
+
     def _train_critic(self, obs: Mapping[str, tf.Tensor], old_value: tf.Tensor, returns: tf.Tensor,
                       weights: tf.Tensor | None = None) -> tf.Tensor:
         """``update_critic_times`` steps of the separate critic on normalised observations; returns
@@ -412,27 +455,17 @@ class PPO(OnPolicyAlgorithm):
         p = self.params
         for _ in range(p.update_critic_times):
             with tf.GradientTape() as tape:
-                v_loss = self.value_loss(self._value_normalized(obs), old_value, returns, p.clip_range_vf, weights)
+                v_loss = self._critic_loss(obs, old_value, returns, weights)
                 loss = p.vf_coef * v_loss
             self._apply(self.critic.optimizer, tape, loss, self.critic.model.trainable_variables)
         return v_loss
 
     def _sequence_train_step(self, mb: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        p = self.params
+        critic_batch = None
         if not self.shared:  # the critic is per step: every real step of the chunks is one sample
             obs = self._normalize({n: flatten_time(mb[n]) for n in self.value_inputs})
-            v_loss = self._train_critic(obs, flatten_time(mb["value"]), flatten_time(mb["return"]),
-                                        flatten_time(mb["mask"]))
-        first = None
-        for _ in range(p.update_actor_times):
-            with tf.GradientTape() as tape:
-                losses = self.sequence_losses(mb, critic=False)
-            if first is None:  # the statistics of the minibatch before this round's first step on it
-                first = losses
-            self._apply(self.actor.optimizer, tape, losses["loss"], self._actor_variables())
-        if self.shared:
-            v_loss = first["value_loss"]
-        return tf.stack([first["policy_loss"], v_loss, first["entropy"], first["approx_kl"], first["clip_fraction"]])
+            critic_batch = (obs, flatten_time(mb["value"]), flatten_time(mb["return"]), flatten_time(mb["mask"]))
+        return self._minibatch_steps(functools.partial(self.sequence_losses, mb, critic=False), critic_batch)
 
     def advantages(self, segments: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Values, advantages and returns of rollout segments ``(workers, steps, envs, ...)``, flattened."""
@@ -469,11 +502,27 @@ class PPO(OnPolicyAlgorithm):
         else:
             sums, count, epochs = self._train_flat(data)
         explained = 1.0 - np.var(data["return"] - data["value"]) / max(np.var(data["return"]), 1e-12)
+        self._fold_statistics(data)
+        return np.concatenate([sums / max(count, 1), [explained, epochs]])
+
+    def _fold_statistics(self, obs: Mapping[str, np.ndarray]) -> None:
+        """Fold observations (rows of every normalised name) into the statistics acting uses."""
         for name in self.norm_names:
-            self.obs_rms[name].update(data[name])
+            self.obs_rms[name].update(obs[name])
             self.norm_mean[name].assign(self.obs_rms[name].mean.astype(np.float32))
             self.norm_var[name].assign(self.obs_rms[name].var.astype(np.float32))
-        return np.concatenate([sums / max(count, 1), [explained, epochs]])
+
+    def cloning_inputs(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Recorded observations (the actor's inputs, ``(rows, *shape)``) as the actor sees them when
+        this PPO acts, for ``aquaml.behaviour_cloning``: with ``normalize_obs``, folded into the
+        observation statistics first (as a training round folds in its rollout), then normalised."""
+        missing = [n for n in self.norm_names if n not in obs]
+        if missing:
+            raise SpecError(f"PPO normalises {missing} too (its critic reads them); give every one of "
+                            f"{list(self.norm_names)}")
+        self._fold_statistics(obs)
+        scaled = self._normalize({n: tf.convert_to_tensor(obs[n]) for n in self.norm_names})
+        return {n: np.asarray(scaled[n]) if n in scaled else np.asarray(obs[n]) for n in obs}
 
     def _train_flat(self, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, int, int]:
         """The epochs of a round over shuffled single steps; returns (summed metrics, minibatches, epochs)."""
@@ -494,8 +543,8 @@ class PPO(OnPolicyAlgorithm):
     def _epochs(self, step: Any, columns: Mapping[str, np.ndarray], real: np.ndarray,
                 per_batch: int) -> tuple[np.ndarray, int, int]:
         """``update_epochs`` passes over freshly shuffled minibatches of ``per_batch`` units (steps,
-        or chunks holding ``real`` steps each), stopping early on ``target_kl``; returns (summed
-        metrics, minibatches, epochs)."""
+        or chunks holding ``real`` steps each), stopping at the minibatch ``target_kl`` holds back;
+        returns (summed metrics, minibatches, epochs)."""
         p = self.params
         total = real.sum()
         sums, count, epochs = np.zeros(5), 0, 0
@@ -506,10 +555,10 @@ class PPO(OnPolicyAlgorithm):
                 idx = order[start:start + per_batch]
                 if real[idx].sum() < 2 and total >= 2:
                     continue  # a one-step minibatch has no advantage statistics to normalise by
-                metrics = step({k: v[idx] for k, v in columns.items()}).numpy()
+                *metrics, stepped = step({k: v[idx] for k, v in columns.items()}).numpy()
                 sums += metrics
                 count += 1
-                if p.target_kl is not None and metrics[3] > 1.5 * p.target_kl:
+                if not stepped:  # its KL before the step exceeded 1.5 x target_kl: the round ends here
                     return sums, count, epochs
         return sums, count, epochs
 

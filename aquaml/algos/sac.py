@@ -214,6 +214,11 @@ class SAC(OffPolicyAlgorithm):
         extra = {k: v for k, v in out.items() if k not in ("action", "log_std")}
         return {"action": action, **extra}
 
+    def deterministic_head(self) -> dict[str, Any]:
+        """How ``act(obs, deterministic=True)`` follows from the actor's ``action`` output, as JSON
+        data, for a policy rebuilt from the actor's weights alone (``aquaml.run.export``): its tanh."""
+        return {"action": "tanh", "normalize": {}}
+
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """Actions for a batch of observations: ``{'action': (batch, *action_shape), ...state}``."""
         fn = self._compiled("act_deterministic" if deterministic else "act_explore")

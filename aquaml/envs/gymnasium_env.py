@@ -6,7 +6,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from aquaml.data import DataInfo, SpecError
+from aquaml.data import DataInfo, SpecError, box_bounds
 from aquaml.envs.base import RLBaseEnv, StepResult, normalize_step
 
 
@@ -39,7 +39,7 @@ class GymnasiumEnv(RLBaseEnv):
             self._high = space.high.astype(np.float64)
             self._rescale = bool(np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high)))
             self._action_info = DataInfo("action", space.shape, np.float32,
-                                         {"action": {"low": space.low.tolist(), "high": space.high.tolist()}})
+                                         {"action": box_bounds(space.low, space.high)})
         elif isinstance(space, gym.spaces.Discrete):
             self._action_info = DataInfo.from_space(space, "action")
         else:

@@ -21,7 +21,10 @@ class SharedArrayStore:
 
     ``fence()`` is a full memory barrier (``Win.Sync``); writers call it between writing data and
     publishing a counter, readers between reading a counter and the data it covers.
+    ``concurrent`` is True: the node's other ranks write while this one reads.
     """
+
+    concurrent = True
 
     def __init__(self, node_comm: Any) -> None:
         self.node_comm = node_comm

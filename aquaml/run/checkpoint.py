@@ -5,15 +5,21 @@ A checkpoint is a directory ``checkpoints/step_<000000012000>/`` holding
 
 - ``algo.npz``: every variable of the algorithm (model and target weights, optimizer slots and
   iteration counters, temperature, ``log_std``, sampling-noise generator state, normaliser stats);
-- ``state.pkl``: counters, numpy RNG states, progress bookkeeping and one snapshot per worker
-  (its environments pickled mid-episode, its RNG and noise streams, its current observations);
+- ``state.json`` and ``state.npz``: counters, numpy RNG states, progress bookkeeping and one
+  snapshot per worker (its RNG and noise streams, episode sums, current observations), the arrays
+  among them in the ``.npz``;
+- ``workers.<k>.envs.pkl`` (under MPI ``workers.<k>.worker.envs.pkl``), one per worker snapshot:
+  its environments pickled mid-episode, the only pickles (an environment may be any Python object);
 - ``replay.h5`` (optional): the replay buffer's filled rows per worker slice, compressed;
-- ``MANIFEST.json``, written last: size and SHA-256 of every other file.
+- ``MANIFEST.json``, written last: size and SHA-256 of every other file, signed with the user's
+  key (``aquaml.run.signing``).
 
 It is assembled in a temporary directory beside the others and renamed into place, so a reader
 never sees a partial one. On resume, the newest checkpoint whose manifest checks out is used; a
-damaged or partial one is skipped with a warning naming what is wrong. ``state.pkl`` is a pickle:
-load checkpoints only from runs you trust, as with any pickle.
+damaged or partial one is skipped with a warning naming what is wrong. A checkpoint is resumed
+only when its signature is the user's (or the user says it is trusted), because unpickling its
+environments can run any code; ``aquaml export`` reads ``algo.npz`` alone. The JSON, ``.npz``
+(read without pickles) and HDF5 files hold data only.
 """
 from __future__ import annotations
 
@@ -31,11 +37,17 @@ from typing import Any, Mapping
 import numpy as np
 
 from aquaml.buffers.replay import ReplayBuffer
-from aquaml.storage import replace_dir
+from aquaml.data import DataInfo
+from aquaml.run import signing
+from aquaml.storage import file_sha256, replace_dir
 
 MANIFEST = "MANIFEST.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ALGO_ARRAYS, STATE_JSON, STATE_ARRAYS, REPLAY = "algo.npz", "state.json", "state.npz", "replay.h5"
+_PICKLE_SUFFIX = ".pkl"
 _PREFIX = "step_"
+#: What a resume of someone else's checkpoint takes: the flag and the argument that say "I trust it".
+TRUST_HINT = "aquaml train ... --trust-checkpoint, or RLTaskStarter(..., trust_checkpoint=True)"
 
 
 def next_due(steps: int, interval: int) -> float:
@@ -47,12 +59,57 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: missing, damaged, or from an incompatible run."""
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint whose loading could run code is not signed by this user (and not trusted)."""
+
+
+# --- state as JSON, numpy arrays and pickled environments ------------------------------------
+_ARRAY, _SCALAR, _PICKLE = "__array__", "__scalar__", "__pickle__"
+
+
+def encode_state(value: Any, arrays: dict[str, np.ndarray], pickles: dict[str, bytes], path: str = "") -> Any:
+    """``value`` as JSON data: numpy arrays and scalars move into ``arrays`` and ``bytes`` (pickled
+    environments) into ``pickles``, each replaced by a reference named after its place in ``value``.
+
+    Raises:
+        TypeError: a value is none of dict (str keys), list, tuple, str, number, bool, None,
+            numpy array or scalar, bytes.
+    """
+    if isinstance(value, Mapping):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"checkpoint state {path or '/'}: keys must be strings, got {bad[:3]}")
+        return {k: encode_state(v, arrays, pickles, f"{path}/{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_state(v, arrays, pickles, f"{path}/{i}") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (np.ndarray, np.generic)):
+        arrays[path] = np.asarray(value)
+        return {_ARRAY if isinstance(value, np.ndarray) else _SCALAR: path}
+    if isinstance(value, bytes):
+        name = path.strip("/").replace("/", ".") + _PICKLE_SUFFIX
+        pickles[name] = value
+        return {_PICKLE: name}
+    raise TypeError(f"checkpoint state {path}: a {type(value).__name__} cannot be stored (JSON data, numpy "
+                    "arrays and pickled environments only)")
+
+
+def decode_state(value: Any, arrays: Mapping[str, np.ndarray], pickle_bytes: Any) -> Any:
+    """Invert ``encode_state``; ``pickle_bytes(name)`` gives the bytes of a pickled file."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (key, ref), = value.items()
+            if key == _ARRAY:
+                return arrays[ref]
+            if key == _SCALAR:
+                return arrays[ref][()]
+            if key == _PICKLE:
+                return pickle_bytes(ref)
+        return {k: decode_state(v, arrays, pickle_bytes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_state(v, arrays, pickle_bytes) for v in value]
+    return value
 
 
 def _fsync_dir(path: str) -> None:
@@ -67,29 +124,33 @@ def save_replay(path: str, buffer: Any, counts: np.ndarray | None = None) -> Non
     """Write each slice's rows, oldest first, to an HDF5 file (gzip-compressed, chunked).
 
     ``counts`` caps each slice's counter (a worker's snapshot may predate rows written since);
-    rows overwritten in a ring that wrapped since are not saved.
+    rows overwritten in a ring that wrapped since, or that a worker may have been writing while
+    they were copied, are not saved (``first`` of the slice's group says where the rows begin).
     """
     import h5py
-    now = buffer.counters.copy()
+    now = buffer.read_counters()
     counts = now if counts is None else np.minimum(np.asarray(counts, np.int64), now)
     cap = buffer.slice_capacity
     with h5py.File(path, "w") as f:
         f.attrs["counters"] = counts
         f.attrs["slice_capacity"] = cap
         for s in range(buffer.num_slices):
-            oldest_valid = max(int(counts[s]) - cap, int(now[s]) - cap, 0)
-            rows = np.arange(oldest_valid, int(counts[s])) % cap
+            oldest = max(int(counts[s]) - cap, int(now[s]) - cap + buffer.write_margin, int(buffer.valid_from[s]), 0)
+            columns, first = buffer.copy_rows(s, min(oldest, int(counts[s])), int(counts[s]))
             group = f.create_group(f"slice_{s}")
-            group.attrs["first"] = oldest_valid
-            for name, array in buffer.arrays.items():
-                data = array[s, rows]
+            group.attrs["first"] = first
+            for name, data in columns.items():
                 chunks = (min(max(len(data), 1), 4096),) + data.shape[1:]
                 group.create_dataset(name, data=data, compression="gzip", compression_opts=1,
                                      chunks=chunks if len(data) else None)
 
 
 def load_replay(path: str, buffer: Any) -> None:
-    """Refill ``buffer`` (same layout as when saved) from ``save_replay``'s file."""
+    """Refill ``buffer`` (same layout as when saved) from ``save_replay``'s file.
+
+    The counters continue the saved counts; rows a slice's ring would count but the file lacks
+    are marked unheld (``buffer.valid_from``), so they are never sampled.
+    """
     import h5py
     with h5py.File(path, "r") as f:
         counts = np.asarray(f.attrs["counters"], np.int64)
@@ -102,6 +163,7 @@ def load_replay(path: str, buffer: Any) -> None:
             rows = np.arange(first, int(counts[s])) % buffer.slice_capacity
             for name, array in buffer.arrays.items():
                 array[s, rows] = group[name][...]
+            buffer.valid_from[s] = first
         buffer.store.fence()
         buffer.counters[:] = counts
 
@@ -128,7 +190,11 @@ class Checkpointer:
 
     def save(self, step: int, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any],
              replay: tuple[Any, np.ndarray | None] | None = None) -> str:
-        """Write the checkpoint for ``step`` atomically; returns its path. Prunes old ones after."""
+        """Write the checkpoint for ``step`` atomically; returns its path. Prunes old ones after.
+
+        ``state`` is what ``encode_state`` takes: JSON data, numpy arrays, and ``bytes`` for each
+        worker's pickled environments.
+        """
         t0 = time.perf_counter()
         os.makedirs(self.root, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{_PREFIX}{step:012d}-", dir=self.root)
@@ -136,19 +202,15 @@ class Checkpointer:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would otherwise stay on the checkpoint
         try:
-            with open(os.path.join(tmp, "algo.npz"), "wb") as f:
-                np.savez(f, **arrays)
-            with open(os.path.join(tmp, "state.pkl"), "wb") as f:
-                pickle.dump(dict(state), f, protocol=pickle.HIGHEST_PROTOCOL)
-            if replay is not None:
-                save_replay(os.path.join(tmp, "replay.h5"), *replay)
+            self._write_files(tmp, arrays, state, replay)
             files = {}
             for name in sorted(os.listdir(tmp)):
                 full = os.path.join(tmp, name)
                 with open(full, "rb+") as f:
                     os.fsync(f.fileno())
-                files[name] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+                files[name] = {"bytes": os.path.getsize(full), "sha256": file_sha256(full)}
             manifest = {"format": FORMAT_VERSION, "step": int(step), "files": files, "written": time.time()}
+            manifest["signature"] = signing.sign(manifest)
             with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -164,6 +226,24 @@ class Checkpointer:
         self.last_bytes = sum(v["bytes"] for v in files.values())
         self._prune()
         return final
+
+    @staticmethod
+    def _write_files(directory: str, arrays: Mapping[str, np.ndarray], state: Mapping[str, Any],
+                     replay: tuple[Any, np.ndarray | None] | None) -> None:
+        with open(os.path.join(directory, ALGO_ARRAYS), "wb") as f:
+            np.savez(f, **arrays)
+        state_arrays: dict[str, np.ndarray] = {}
+        pickles: dict[str, bytes] = {}
+        document = encode_state(dict(state), state_arrays, pickles)
+        with open(os.path.join(directory, STATE_JSON), "w", encoding="utf-8") as f:
+            json.dump(document, f)
+        with open(os.path.join(directory, STATE_ARRAYS), "wb") as f:
+            np.savez(f, **state_arrays)
+        for name, blob in pickles.items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(blob)
+        if replay is not None:
+            save_replay(os.path.join(directory, REPLAY), *replay)
 
     def steps(self) -> list[int]:
         """Steps of the checkpoint directories present (valid or not), oldest first."""
@@ -184,7 +264,10 @@ class Checkpointer:
 
     @staticmethod
     def verify(path: str) -> dict:
-        """Return the manifest of a complete, undamaged checkpoint; raise CheckpointError otherwise."""
+        """Return the manifest of a complete, undamaged checkpoint; raise CheckpointError otherwise.
+
+        This checks sizes and checksums, not who wrote it (``load`` checks the signature).
+        """
         manifest_path = os.path.join(path, MANIFEST)
         try:
             with open(manifest_path, encoding="utf-8") as f:
@@ -193,7 +276,7 @@ class Checkpointer:
             raise CheckpointError(f"{path}: no {MANIFEST} (the write did not finish)") from None
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: unreadable {MANIFEST} ({exc})") from None
-        if manifest.get("format") != FORMAT_VERSION:
+        if manifest.get("format") not in (1, FORMAT_VERSION):
             raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
         for name, want in manifest["files"].items():
             full = os.path.join(path, name)
@@ -202,7 +285,7 @@ class Checkpointer:
             size = os.path.getsize(full)
             if size != want["bytes"]:
                 raise CheckpointError(f"{path}: {name} has {size} bytes, the manifest says {want['bytes']}")
-            if _sha256(full) != want["sha256"]:
+            if file_sha256(full) != want["sha256"]:
                 raise CheckpointError(f"{path}: {name} does not match its checksum")
         return manifest
 
@@ -218,13 +301,56 @@ class Checkpointer:
         return None
 
     @staticmethod
-    def load(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The arrays and the state of a verified checkpoint."""
-        with np.load(os.path.join(path, "algo.npz")) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        with open(os.path.join(path, "state.pkl"), "rb") as f:
-            state = pickle.load(f)
-        return arrays, state
+    def load_arrays(path: str) -> dict[str, np.ndarray]:
+        """The algorithm's variables (``algo.npz``, read without pickles): all ``aquaml export`` needs."""
+        with np.load(os.path.join(path, ALGO_ARRAYS), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    @staticmethod
+    def load(path: str, trust: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays and the state of a verified checkpoint, to resume from.
+
+        Args:
+            path: the checkpoint directory (``verify`` passed).
+            trust: load it even when it is not signed with the user's key.
+
+        Raises:
+            UntrustedCheckpointError: the checkpoint is not signed with the user's key (or is of
+                format 1, whose state is one pickle) and ``trust`` is False; nothing was unpickled.
+        """
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as f:
+            manifest = json.load(f)
+        if manifest.get("format") == 1:
+            return Checkpointer.load_arrays(path), _load_format_1(path, trust)
+        problem = signing.signature_problem(manifest)
+        if problem is not None and not trust:
+            raise UntrustedCheckpointError(
+                f"{path} is not a checkpoint you wrote: {problem}. Resuming unpickles its environments, which "
+                f"can run any code. If you trust where it came from, resume with {TRUST_HINT}")
+
+        def pickle_bytes(name: str) -> bytes:
+            with open(os.path.join(path, name), "rb") as f:
+                blob = f.read()
+            if hashlib.sha256(blob).hexdigest() != manifest["files"].get(name, {}).get("sha256"):
+                raise CheckpointError(f"{path}: {name} changed after the checkpoint was checked")
+            return blob  # the bytes the signed manifest vouches for, read once: unpickled by the worker
+
+        with open(os.path.join(path, STATE_JSON), encoding="utf-8") as f:
+            document = json.load(f)
+        with np.load(os.path.join(path, STATE_ARRAYS), allow_pickle=False) as npz:
+            state_arrays = {k: npz[k] for k in npz.files}
+        return Checkpointer.load_arrays(path), decode_state(document, state_arrays, pickle_bytes)
+
+
+def _load_format_1(path: str, trust: bool) -> dict[str, Any]:
+    """The state of a checkpoint written before format 2: one pickle, loaded only when trusted."""
+    if not trust:
+        raise UntrustedCheckpointError(
+            f"{path} was written by an older aquaml (checkpoint format 1): its state is one pickle (state.pkl), "
+            "which can run any code when loaded, and carries no signature. If you wrote it (or trust where it "
+            f"came from), resume with {TRUST_HINT}; its next checkpoints are then of format {FORMAT_VERSION}")
+    with open(os.path.join(path, "state.pkl"), "rb") as f:
+        return pickle.load(f)
 
 
 def variables_state(groups: Mapping[str, list]) -> dict[str, np.ndarray]:
@@ -232,8 +358,8 @@ def variables_state(groups: Mapping[str, list]) -> dict[str, np.ndarray]:
     return {f"{g}/{i}": np.asarray(v.numpy()) for g, variables in groups.items() for i, v in enumerate(variables)}
 
 
-def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.ndarray]) -> None:
-    """Assign ``variables_state`` arrays back, checking every count and shape first."""
+def check_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise CheckpointError unless ``arrays`` has one array of the right shape for every variable."""
     for g, variables in groups.items():
         have = sum(1 for k in arrays if k.rsplit("/", 1)[0] == g)
         if have != len(variables):
@@ -243,7 +369,13 @@ def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.nda
             value = arrays[f"{g}/{i}"]
             if tuple(value.shape) != tuple(v.shape):
                 raise CheckpointError(f"checkpoint {g}/{i} has shape {value.shape}, this run's variable "
-                                      f"{getattr(v, 'path', getattr(v, 'name', ''))} has {tuple(v.shape)}")
+                                      f"{getattr(v, 'path', getattr(v, 'name', ''))} has {tuple(v.shape)} "
+                                      "(were the models changed since the checkpoint?)")
+
+
+def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.ndarray]) -> None:
+    """Assign ``variables_state`` arrays back, checking every count and shape first."""
+    check_variables_state(groups, arrays)
     for g, variables in groups.items():
         for i, v in enumerate(variables):
             v.assign(arrays[f"{g}/{i}"])
@@ -251,6 +383,8 @@ def load_variables_state(groups: Mapping[str, list], arrays: Mapping[str, np.nda
 
 #: Parameters a resumed run may change: how long it trains, how it reports, how long it waits on silent workers.
 RESUMABLE_CHANGES = ("total_steps", "display_interval", "calculate_episodes", "stall_timeout")
+#: ``aquaml train`` flags (config.json ``cli``) that shape its default models, by config key.
+_CLI_MODEL_FLAGS = {"hidden": "--hidden", "learning_rate": "--learning-rate"}
 
 
 def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: str) -> None:
@@ -261,12 +395,19 @@ def check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_di
     """
     problems = []
     for key in ("algo", "obs_info", "action_info", "ranks"):
-        if saved.get(key) != current.get(key):
-            problems.append(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}")
+        old, new = saved.get(key), current.get(key)
+        if key.endswith("_info") and isinstance(old, dict):  # the same spec, however an older aquaml wrote it
+            old = DataInfo.from_dict(old).to_dict()
+        if old != new:
+            problems.append(f"{key}: checkpoint {old!r}, now {new!r}")
     old, new = saved.get("parameters", {}), current.get("parameters", {})
     for key in sorted(set(old) | set(new)):
         if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
             problems.append(f"parameters.{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}")
+    old_cli, new_cli = saved.get("cli") or {}, current.get("cli") or {}
+    for key, flag in _CLI_MODEL_FLAGS.items():  # the default models the aquaml command built
+        if key in old_cli and key in new_cli and old_cli[key] != new_cli[key]:
+            problems.append(f"{flag}: checkpoint {old_cli[key]!r}, now {new_cli[key]!r}")
     old_models = {k: v.get("input_name") for k, v in saved.get("models", {}).items()}
     new_models = {k: v.get("input_name") for k, v in current.get("models", {}).items()}
     if old_models != new_models:

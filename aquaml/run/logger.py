@@ -37,6 +37,24 @@ def _truncate_csv(path: str, step: int) -> list[str]:
     return header
 
 
+def _truncate_events(run_dir: str, step: int) -> None:
+    """Drop the TensorBoard events after ``step`` from the run's event files, as ``_truncate_csv``
+    drops progress.csv's rows: TensorBoard then shows what progress.csv holds, not the scalars of
+    an attempt that died after its last checkpoint. Each file is rewritten atomically."""
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if not name.startswith("events.out.tfevents.") or not os.path.isfile(path):
+            continue
+        records = [bytes(r) for r in tf.data.TFRecordDataset(path).as_numpy_iterator()]
+        kept = [r for r in records if tf.compat.v1.Event.FromString(r).step <= step]
+        if len(kept) == len(records):
+            continue
+        with atomic_path(path) as tmp:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for record in kept:
+                    writer.write(record)
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     h, rem = divmod(seconds, 3600)
@@ -67,6 +85,8 @@ class RunLogger:
         self._dropped: set[str] = set()
         self._writer = None
         if tensorboard:
+            if resume_step is not None:
+                _truncate_events(run_dir, resume_step)
             self._writer = tf.summary.create_file_writer(run_dir)
         self.start = time.perf_counter() - elapsed
 

@@ -1,13 +1,14 @@
 """Epoch bookkeeping shared by every schedule: evaluation when due and one logged row per epoch."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aquaml.acting.worker import evaluate
+from aquaml.acting.worker import EpisodeStats, evaluate
 from aquaml.data import NonFiniteError
 from aquaml.parallel.failure import StopRequest
 from aquaml.run.logger import RunLogger
@@ -86,13 +87,13 @@ class Progress:
     def state_dict(self) -> dict[str, Any]:
         """The bookkeeping a checkpoint keeps: due steps, the epoch so far, the last evaluation."""
         return {"next_epoch": self.next_epoch, "next_eval": self.next_eval, "final": dict(self.final),
-                "episodes": list(self._episodes), "metric_sum": self._metric_sum.copy(),
+                "episodes": [dataclasses.asdict(e) for e in self._episodes], "metric_sum": self._metric_sum.copy(),
                 "metric_count": self._metric_count, "epoch_start": self._epoch_start[1:],
                 "elapsed": self.logger.elapsed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_epoch, self.next_eval, self.final = state["next_epoch"], state["next_eval"], dict(state["final"])
-        self._episodes = list(state["episodes"])
+        self._episodes = [EpisodeStats(**e) for e in state["episodes"]]
         self._metric_sum[:] = state["metric_sum"]
         self._metric_count = state["metric_count"]
         self._epoch_start = (time.perf_counter(), *state["epoch_start"])

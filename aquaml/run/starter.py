@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from aquaml.algos.base import Algorithm
 from aquaml.algos.registry import algorithm
+from aquaml.run.signing import user_key
 from aquaml.data import DataInfo
 from aquaml.envs import GymnasiumEnv, RLBaseEnv
 from aquaml.envs.urls import is_env_url, url_factory
@@ -30,14 +31,14 @@ from aquaml.parallel.failure import (DEFERRED, StopRequest, agree_to_start, inst
                                      mark_startup_error, report_and_abort)
 from aquaml.parallel.mpi import launched_rank, launched_ranks, mpi
 from aquaml.parallel.topology import make_topology
-from aquaml.run.checkpoint import Checkpointer, TaskCheckpoints, check_resumable
+from aquaml.run.checkpoint import Checkpointer, TaskCheckpoints, check_resumable, check_variables_state
 from aquaml.run.export import export_policy
 from aquaml.run.logger import RunLogger
 from aquaml.run.progress import Evaluator, Progress
 from aquaml.schedules.context import TaskContext
 from aquaml.schedules.drivers import make_actor, make_learner, run_mpi_task, run_serial
 from aquaml.schedules.local import LocalLink
-from aquaml.storage import set_aside_previous, unique_run_dir, write_text_atomic
+from aquaml.storage import check_run_name, previous_attempt, set_aside_previous, unique_run_dir, write_text_atomic
 
 
 #: Evaluation environments stepped together (one batched policy call per step for all of them).
@@ -131,8 +132,9 @@ class RLTaskStarter:
             None uses defaults.
         mpi_comm: the task's communicator; None means COMM_WORLD when the process was started as
             more than one rank, else one process. Rank 0 optimizes, every other rank is a worker.
-        name: the run's name; its files go to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix
-            if that already holds a run: nothing is overwritten).
+        name: the run's name, one plain directory name (not ``.`` or ``..``, no ``/``); its files go
+            to ``<run_root>/<name>`` (a new ``-2``, ``-3``... suffix if that already holds a run:
+            nothing is overwritten).
         run_root: the directory that holds runs.
         eval_env: the evaluation environment (same forms as ``env``); None uses copies of ``env``.
             Up to ten copies run the ``calculate_episodes`` episodes side by side.
@@ -149,7 +151,9 @@ class RLTaskStarter:
         checkpoint_buffer: include the replay buffer in checkpoints (needed for an exact resume
             of SAC; off-policy runs resumed without it refill the buffer from scratch).
         resume: continue the run ``<run_root>/<name>`` from its newest valid checkpoint (damaged
-            ones are skipped with a warning); without a checkpoint there, start it afresh.
+            ones are skipped with a warning); without a checkpoint there, start it afresh, after
+            moving an earlier attempt's files (only from a directory that holds an aquaml run's
+            config.json) into ``previous-<k>/`` and saying so on stderr.
         config_extra: more entries for the run's config.json (the ``aquaml`` command records its
             flags there, so ``aquaml export`` can rebuild the models).
         on_evaluation: called as ``on_evaluation(step, stats)`` after each evaluation, in the one
@@ -162,10 +166,18 @@ class RLTaskStarter:
             (True), or (False) stops the workers as a stop request would, lets every rank leave the
             task, and raises the exception from ``run`` on the optimizer only (workers return as
             from a stopped run). Exceptions on worker ranks always abort the job.
+        trust_checkpoint: resume from a checkpoint even when it is not signed with your key
+            (``aquaml.run.signing``): one copied from someone else, from another machine, or written
+            by an older aquaml. Its environments are pickles, which can run any code: only for
+            checkpoints whose source you trust.
 
     Raises:
         TypeError: an argument has the wrong type (e.g. parameters of another algorithm).
+        ValueError: an argument is out of range, such as a name that is not one plain directory
+            name, or a resume into a directory that holds files but no aquaml run.
         aquaml.SpecError, aquaml.ModelContractError: the environment or a model is inconsistent.
+        aquaml.CheckpointError: ``resume`` found a checkpoint that does not fit this task, or one
+            not signed with your key without ``trust_checkpoint``.
     """
 
     @_agreed_start
@@ -176,7 +188,7 @@ class RLTaskStarter:
                  keep_checkpoints: int = 3, checkpoint_buffer: bool = True, resume: bool = False,
                  config_extra: Mapping[str, Any] | None = None,
                  on_evaluation: Callable[[int, dict[str, float]], bool | None] | None = None,
-                 abort_on_error: bool = True) -> None:
+                 abort_on_error: bool = True, trust_checkpoint: bool = False) -> None:
         algo = algorithm("sac" if algo is None else algo)
         if not (isinstance(algo, type) and issubclass(algo, Algorithm)):
             raise TypeError(f"algo must be an aquaml algorithm (a subclass of aquaml.algos.base.Algorithm, such as "
@@ -185,8 +197,8 @@ class RLTaskStarter:
         if not isinstance(params, algo.parameters_class):
             raise TypeError(f"algo_hyperparameter must be a {algo.parameters_class.__name__} for {algo.name}, "
                             f"got {type(params).__name__}")
-        if name is not None and (not isinstance(name, str) or not name or os.sep in name):
-            raise ValueError(f"name must be a non-empty string without {os.sep!r}, got {name!r}")
+        if name is not None:
+            check_run_name(name)
         if checkpoint_interval is None:
             checkpoint_interval = max(params.total_steps // 10, 1)
         if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 0:
@@ -198,6 +210,7 @@ class RLTaskStarter:
             raise ValueError("resume=True needs the name of the run to continue (name='...')")
         self.checkpoint_interval, self.keep_checkpoints = checkpoint_interval, keep_checkpoints
         self.checkpoint_buffer, self.resume = bool(checkpoint_buffer), bool(resume)
+        self.trust_checkpoint = bool(trust_checkpoint)
         if mpi_comm is None and launched_ranks() > 1:
             mpi_comm = mpi().COMM_WORLD
         self.topology = make_topology(mpi_comm) if mpi_comm is not None and mpi_comm.Get_size() > 1 else None
@@ -250,8 +263,10 @@ class RLTaskStarter:
         self.stop_reason: str | None = None
         self.checkpointer: Checkpointer | None = None
         self.restored: tuple[dict, dict] | None = None
-        if self.resume and (self.topology is None or self.topology.is_optimizer):
-            self.restored = self._find_checkpoint()
+        if self.topology is None or self.topology.is_optimizer:
+            user_key()  # a key file others can read is refused now, not at the first checkpoint
+            if self.resume:
+                self.restored = self._find_checkpoint()
 
     def _agree(self, error: BaseException | None) -> None:
         """After construction: under MPI every rank learns whether all can start (see
@@ -270,11 +285,13 @@ class RLTaskStarter:
         run_dir = os.path.join(self.run_root, self.name)
         path = Checkpointer(run_dir).latest()
         if path is None:
+            previous_attempt(run_dir)  # raises now, before any work, if run_dir holds a user's files
             return None
         with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
             saved = json.load(f)
         check_resumable(saved, self._config(), run_dir)
-        arrays, state = Checkpointer.load(path)
+        arrays, state = Checkpointer.load(path, trust=self.trust_checkpoint)
+        check_variables_state(self.algo.state_groups(), arrays)
         return arrays, state
 
     def _config(self) -> dict[str, Any]:
@@ -359,8 +376,10 @@ class RLTaskStarter:
     def _open_run_dir(self) -> None:
         if self.resume:
             self.run_dir = os.path.join(self.run_root, self.name)
-            if self.restored is None:
-                set_aside_previous(self.run_dir)
+            moved = set_aside_previous(self.run_dir) if self.restored is None else None
+            if moved is not None:  # said even when quiet: the user's files changed place
+                print(f"[{self.name}] no checkpoint to resume in {self.run_dir}: moved {', '.join(moved[1])} "
+                      f"to {moved[0]}", file=sys.stderr, flush=True)
             os.makedirs(self.run_dir, exist_ok=True)
         else:
             self.run_dir = unique_run_dir(self.run_root, self.name)
