@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="steps between evaluations, 0 = only at the end (default: the algorithm's)")
     train.add_argument("--eval-episodes", type=_positive_int, default=None,
                        help="episodes per evaluation (default: the algorithm's)")
+    train.add_argument("--expert", default=None, metavar="FILE",
+                       help="expert dataset (an HDF5 file of aquaml.save_data) of an algorithm that learns from one "
+                            "(gail-sac, gail-ppo, amp-sac, amp-ppo): its 'expert' parameter (default: none)")
     train.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
                        help="any other algorithm parameter (SACParameters/PPOParameters field), repeatable "
                             "(default: none)")
@@ -318,6 +321,9 @@ def _add_tune_parser(sub: Any) -> None:
     tune.add_argument("--seed", type=_non_negative_int, default=0, help="study seed: trial n trains with seed + n")
     tune.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
                       help="fix an algorithm parameter for every trial, repeatable (default: none)")
+    tune.add_argument("--expert", default=None, metavar="FILE",
+                      help="fixed expert dataset of an algorithm that learns from one (as train's --expert; "
+                           "default: none)")
     tune.add_argument("--hidden", type=_widths, default=None, help="fixed hidden widths of the default MLPs")
     tune.add_argument("--learning-rate", type=float, default=None, help="fixed learning rate of every model")
     tune.add_argument("--eval-interval", type=_non_negative_int, default=None,
@@ -363,6 +369,12 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
     if args.eval_episodes is not None:
         values["calculate_episodes"] = args.eval_episodes
         origin["calculate_episodes"] = f"--eval-episodes {args.eval_episodes}"
+    if getattr(args, "expert", None) is not None:
+        if "expert" not in fields:
+            raise CLIError(f"--expert: {cls.__name__} learns from no expert dataset; algorithms that do: "
+                           f"{', '.join(_expert_algorithms()) or 'none registered'}")
+        values["expert"] = args.expert
+        origin["expert"] = f"--expert {args.expert}"
     for key, text in args.set:
         if key not in fields:
             raise CLIError(f"--set {key}: {cls.__name__} has no field {key!r}; fields: {', '.join(fields)}")
@@ -377,10 +389,18 @@ def _parameters(algo_cls: type, args: argparse.Namespace) -> Any:
         raise CLIError(f"{'; '.join(named)}: {exc}" if named else str(exc)) from None
 
 
-def _parse_value(key: str, text: str, field: dataclasses.Field) -> Any:
+def _expert_algorithms() -> list[str]:
+    """The registered algorithms whose parameters have an ``expert`` dataset field."""
+    from aquaml.algos.registry import algorithm, algorithm_names
+    return [n for n in algorithm_names()
+            if "expert" in {f.name for f in dataclasses.fields(algorithm(n).parameters_class)}]
+
+
+def _parse_value(key: str, text: str, field: dataclasses.Field | None) -> Any:
     """``none`` -> None, true/false -> bool, then int, float, or the text, as the field's type
-    allows; the parameters class then checks the value against the field with its usual message."""
-    kind = str(field.type)
+    allows (any of them for None: a tuning entry that is no parameter, checked by the space); the
+    parameters class then checks the value against the field with its usual message."""
+    kind = "None | bool | int | float | str" if field is None else str(field.type)
     lowered = text.lower()
     if lowered in ("none", "null"):
         if "None" not in kind:
@@ -607,17 +627,19 @@ def _without_ranks(argv: list[str]) -> list[str]:
 
 # --- tune --------------------------------------------------------------------------------------
 def _tune_fixed(args: argparse.Namespace) -> dict[str, Any]:
-    """The fixed entries the flags give (``--set``, ``--hidden``, ``--learning-rate``, ``--eval-*``);
-    ``--set`` text is parsed by the field's type, unknown names are refused by the space check."""
+    """The fixed entries the flags give (``--set``, ``--expert``, ``--hidden``, ``--learning-rate``,
+    ``--eval-*``); ``--set`` text is parsed by the field's type, unknown names are refused by the
+    space check."""
     from aquaml.tuning.space import algorithm_parameters
-    defaults = algorithm_parameters(args.algo)()
+    fields = {f.name: f for f in dataclasses.fields(algorithm_parameters(args.algo))}
     fixed: dict[str, Any] = {}
     for key, text in args.set:
         if key in fixed:
             raise CLIError(f"--set {key} is given twice")
-        fixed[key] = _parse_value(key, text, getattr(defaults, key, None))
+        fixed[key] = _parse_value(key, text, fields.get(key))
     flags = (("eval_interval", "--eval-interval", args.eval_interval),
              ("calculate_episodes", "--eval-episodes", args.eval_episodes),
+             ("expert", "--expert", args.expert),
              ("hidden", "--hidden", list(args.hidden) if args.hidden else None),
              ("learning_rate", "--learning-rate", args.learning_rate))
     for key, flag, value in flags:

@@ -151,17 +151,20 @@ class Worker:
         """Raise NonFiniteError if a step's rewards ``(n,)`` or a float observation ``(n, ...)`` of
         any of the ``n`` environments holds a NaN or an infinity (before it reaches the buffer).
 
-        One sum per array is the test (NaN and infinities survive a sum; it is taken in Python
-        floats for the few values of a small observation, where numpy's per-call cost would be
-        most of a step's checking); only a non-finite sum is looked at value by value, so that a
-        sum that merely overflowed is not mistaken for one.
+        One sum over them all is the test (NaN and infinities survive a sum; it is taken in Python
+        floats for the rewards and the few values of a small observation, where numpy's per-call
+        cost would be most of a step's checking); only a non-finite sum is looked at value by
+        value, so that a sum that merely overflowed is not mistaken for one.
         """
-        if reward is not None and not math.isfinite(sum(reward.tolist())):
-            self._locate(reward, "reward 'total_reward'")
+        total = 0.0 if reward is None else sum(reward.tolist())
         for name, small in self._float_obs:
             values = next_obs[name]
-            if not math.isfinite(sum(values.ravel().tolist()) if small else np.add.reduce(values, axis=None)):
-                self._locate(values, f"{what} {name!r}")
+            total += sum(values.ravel().tolist()) if small else float(np.add.reduce(values, axis=None))
+        if not math.isfinite(total):
+            if reward is not None:
+                self._locate(reward, "reward 'total_reward'")
+            for name, _ in self._float_obs:
+                self._locate(next_obs[name], f"{what} {name!r}")
 
     def _locate(self, values: np.ndarray, field: str) -> None:
         bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)

@@ -89,6 +89,15 @@ class Algorithm(abc.ABC):
         """
         raise NotImplementedError(f"{cls.name} has no default models; give RLTaskStarter a model_class_dict")
 
+    @classmethod
+    def model_view(cls, key: str, obs_info: DataInfo, action_info: DataInfo) -> DataInfo | None:
+        """The entries the non-actor model ``key`` may read, when it is not a critic: a
+        discriminator of transitions reads ``next_`` observations, or an action beside PPO's
+        value critic. None (the default): a critic, reading observations (and ``'action'``,
+        required, when ``critics_take_action``). The start-up check calls the model on this
+        view's zeros."""
+        return None
+
     def check_workers(self, num_workers: int) -> None:
         """Raise ValueError if the parameters cannot work with ``num_workers`` worker slices."""
 

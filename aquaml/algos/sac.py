@@ -64,7 +64,7 @@ class SAC(OffPolicyAlgorithm):
         self.check_action_info(action_info)
         self.params = params
         self.models = dict(models)
-        self.actor, self.qf1, self.qf2 = (models[k] for k in self.required_models)
+        self.actor, self.qf1, self.qf2 = models["actor"], models["qf1"], models["qf2"]  # by key: a subclass may require more models
         self.obs_info, self.action_info = obs_info, action_info
         self.batch_info = transition_info(obs_info, action_info)
         action_dim = int(np.prod(action_info.shape("action")))

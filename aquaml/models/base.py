@@ -89,7 +89,8 @@ def _make_optimizer(key: str, model: keras.Model, lr: float) -> keras.optimizers
     return opt(learning_rate=lr)
 
 
-def _input_names(key: str, model: keras.Model, available: DataInfo, critic: bool) -> tuple[str, ...]:
+def _input_names(key: str, model: keras.Model, available: DataInfo, critic: bool,
+                 what: str = "the observation does not provide") -> tuple[str, ...]:
     names = getattr(model, "input_name", None)
     if isinstance(names, str):
         raise ModelContractError(f"{key}.input_name must be a tuple of names such as ({names!r},), "
@@ -99,7 +100,7 @@ def _input_names(key: str, model: keras.Model, available: DataInfo, critic: bool
     names = tuple(names)
     unknown = [n for n in names if n not in available]
     if unknown:
-        raise ModelContractError(f"{key}.input_name has {unknown}, which the observation does not provide; "
+        raise ModelContractError(f"{key}.input_name has {unknown}, which {what}; "
                                  f"available names are {available.names}")
     if critic and "action" not in names:
         raise ModelContractError(f"{key}.input_name={names} must include 'action' (a critic scores "
@@ -237,7 +238,9 @@ def _instantiate(key: str, factory: Any) -> keras.Model:
 
 def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], required: tuple[str, ...],
                  obs_info: DataInfo, action_info: DataInfo | None, optional: tuple[str, ...] = (),
-                 critics_take_action: bool = True) -> tuple[dict[str, ModelSpec], DataInfo]:
+                 critics_take_action: bool = True,
+                 model_view: Callable[[str, DataInfo, DataInfo], DataInfo | None] | None = None,
+                 ) -> tuple[dict[str, ModelSpec], DataInfo]:
     """Instantiate and check every model; return them by key, with the action spec.
 
     Args:
@@ -250,6 +253,10 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
             outputs ``'value'`` itself).
         critics_take_action: critics score (observation, action) pairs (SAC's Q) rather than
             observations alone (PPO's V).
+        model_view: ``model_view(key, obs_info, action_info)`` (``Algorithm.model_view``): the
+            entries a non-actor model may read when they are not a critic's (a discriminator's
+            transitions), or None for a critic. Such a model's ``input_name`` is checked against
+            that view and it is called on the view's zeros.
 
     An actor input that is also one of its outputs is recurrent state (an LSTM's ``hidden1``,
     ``hidden2``): it joins the observation spec (see ``aquaml.models.recurrent``) and the actor's spec
@@ -282,13 +289,18 @@ def build_models(model_class_dict: Mapping[str, Callable[[], keras.Model]], requ
     for key in required + tuple(k for k in optional if k in model_class_dict):
         critic = key != "actor"
         model = _instantiate(key, model_class_dict[key]) if critic else actor
-        q_critic = critic and critics_take_action
-        spec = ModelSpec(key=key, model=model, factory=model_class_dict[key],
-                         input_names=_input_names(key, model, critic_view if q_critic else obs_info, q_critic),
+        view = model_view(key, obs_info, action_info) if critic and model_view is not None else None
+        q_critic = critic and critics_take_action and view is None
+        if view is not None:
+            names = _input_names(key, model, view, False, "this algorithm does not give that model")
+        else:
+            names = _input_names(key, model, critic_view if q_critic else obs_info, q_critic)
+        spec = ModelSpec(key=key, model=model, factory=model_class_dict[key], input_names=names,
                          output_names=() if critic else output_names,
                          learning_rate=float(model.learning_rate),
                          optimizer=_make_optimizer(key, model, float(model.learning_rate)),
                          state_info=EMPTY_INFO if critic else state_info)
-        _check_call(spec, sample, critic, None if critic else dict(model.output_info))
+        _check_call(spec, sample if view is None else view.zeros((2,)), critic,
+                    None if critic else dict(model.output_info))
         specs[key] = spec
     return specs, action_info

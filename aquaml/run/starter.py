@@ -237,7 +237,7 @@ class RLTaskStarter:
         keras.utils.set_random_seed(params.seed)
         models, self.action_info = build_models(model_class_dict, algo.required_models, self.obs_info,
                                                 self.envs[0].action_info, algo.optional_models,
-                                                algo.critics_take_action)
+                                                algo.critics_take_action, algo.model_view)
         state_info = models["actor"].state_info
         if len(state_info):  # a recurrent actor: its state travels as observation entries
             self.obs_info = with_recurrent(self.obs_info, state_info)
