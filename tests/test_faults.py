@@ -149,13 +149,13 @@ def test_term_at_any_moment_of_start_up_exits_zero_without_leftovers(seconds, tm
 
 # --- refused starts -------------------------------------------------------------------------------
 def test_a_refused_resume_ends_every_rank_with_one_message_and_exit_code_2(tmp_path):
-    train = [PYTHON, "-m", "aquaml.cli", "train", "--env", "Pendulum-v1", "--steps", "300", "--name", "run",
+    train = [PYTHON, "-m", "aquaml.cli", "train", "--env", "Pendulum-v1", "--name", "run",
              "--run-root", str(tmp_path), "--hidden", "16,16", "--set", "learning_starts=100", "--quiet"]
-    first = subprocess.run(train + ["--ranks", "3"], capture_output=True, text=True, timeout=300, env=clean_env(),
-                           cwd=ROOT)
+    first = subprocess.run(train + ["--steps", "300", "--ranks", "3"], capture_output=True, text=True, timeout=300,
+                           env=clean_env(), cwd=ROOT)
     assert first.returncode == 0, first.stderr[-3000:]
     for extra, difference in ((["--steps", "400"], "ranks: checkpoint 3, now 2"),
-                              (["--set", "gamma=0.95"], "parameters.gamma: checkpoint 0.99, now 0.95")):
+                              (["--steps", "300", "--set", "gamma=0.95"], "parameters.gamma: checkpoint 0.99, now 0.95")):
         start = time.monotonic()
         proc = subprocess.run([MPIEXEC, "-n", "2"] + train + ["--resume"] + extra, capture_output=True, text=True,
                               timeout=120, env=clean_env(), cwd=ROOT)
