@@ -17,8 +17,8 @@ loopback ports, and prints:
 5. a Worker's sampling throughput (SAC's numpy host policy on Pendulum-v1) over NATS against the
    same environment local, with 1 and 16 environments, as a ratio measured in the same round.
 
-Each figure is the median of ``--rounds`` rounds; run it alone on the machine
-(``flock -x /work/locks/cpu`` here), since a loaded core moves round trips by tens of percent.
+Each figure is the median of ``--rounds`` rounds; run it alone on the machine,
+since a loaded core moves round trips by tens of percent.
 """
 import argparse
 import copy

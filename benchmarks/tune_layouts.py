@@ -1,4 +1,4 @@
-"""Figures of the tuning layer (docs/tuning.md): run with ``flock -x /work/locks/cpu`` on a quiet machine.
+"""Figures of the tuning layer (docs/tuning.md): run them on an otherwise idle machine.
 
     python benchmarks/tune_layouts.py layouts  [--out DIR] [--trials 8] [--steps 4096]
     python benchmarks/tune_layouts.py pendulum [--out DIR] [--trials 12] [--steps 5000] [--seeds 3]
