@@ -85,12 +85,37 @@ def mixed_reward(params: Any, env_reward: Any, disc_reward: Any) -> Any:
     return params.task_reward_weight * env_reward + params.style_reward_weight * disc_reward
 
 
-class AdversarialSAC(SAC):
+class DiscriminatorModels:
+    """What an adversarial algorithm adds to its base algorithm's models: the discriminator reads
+    what its ``objective_class`` scores, and its default is an MLP of the base's ``default_hidden``
+    widths with ``discriminator_activation`` (the base's own: ReLU for SAC, tanh for PPO)."""
+
+    objective_class: ClassVar[type]
+    discriminator_activation: ClassVar[str]
+
+    @classmethod
+    def model_view(cls, key: str, obs_info: DataInfo, action_info: DataInfo) -> DataInfo | None:
+        """The discriminator's view; every other model is the base algorithm's."""
+        return cls.objective_class.view(obs_info, action_info) if key == "discriminator" else None
+
+    @classmethod
+    def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
+                       learning_rate: float | None = None) -> dict[str, Any]:
+        """The base algorithm's default models and an MLP discriminator of the same size."""
+        models = super().default_models(obs_info, action_info, hidden, learning_rate)
+        models["discriminator"] = default_discriminator(cls.objective_class.view(obs_info, action_info),
+                                                        tuple(hidden or cls.default_hidden),
+                                                        3e-4 if learning_rate is None else learning_rate,
+                                                        cls.discriminator_activation)
+        return models
+
+
+class AdversarialSAC(DiscriminatorModels, SAC):
     """SAC whose every update first trains the discriminator on the update's replay batch, then
     learns from the batch's reward relabelled by it. Subclasses set ``name``, ``parameters_class``
     and ``objective_class`` (``GailObjective`` or ``AmpObjective``)."""
 
-    objective_class: ClassVar[type]
+    discriminator_activation = "relu"
     required_models = SAC.required_models + ("discriminator",)
     metric_names = SAC.metric_names + DISCRIMINATOR_METRICS
     console_metrics = SAC.console_metrics + DISC_CONSOLE
@@ -104,21 +129,6 @@ class AdversarialSAC(SAC):
         self.objective = self.objective_class.from_params(params)
         self.discriminator = build_discriminator(models["discriminator"], self.objective, params, obs_info,
                                                  action_info, self.name)
-
-    @classmethod
-    def model_view(cls, key: str, obs_info: DataInfo, action_info: DataInfo) -> DataInfo | None:
-        """The discriminator reads what its objective scores; the critics are SAC's."""
-        return cls.objective_class.view(obs_info, action_info) if key == "discriminator" else None
-
-    @classmethod
-    def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
-                       learning_rate: float | None = None) -> dict[str, Any]:
-        """SAC's default models and a ReLU MLP discriminator of the same size (``default_hidden``)."""
-        models = super().default_models(obs_info, action_info, hidden, learning_rate)
-        models["discriminator"] = default_discriminator(cls.objective_class.view(obs_info, action_info),
-                                                        tuple(hidden or cls.default_hidden),
-                                                        3e-4 if learning_rate is None else learning_rate, "relu")
-        return models
 
     def _update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
         disc = self.discriminator
@@ -137,13 +147,13 @@ class AdversarialSAC(SAC):
         return {**super().state_groups(), "expert_sampler": self.discriminator.expert.state()}
 
 
-class AdversarialPPO(PPO):
+class AdversarialPPO(DiscriminatorModels, PPO):
     """PPO whose every round first trains the discriminator, then learns from the round's rewards
     relabelled by it (before GAE). Subclasses set ``name``, ``parameters_class`` and
     ``objective_class``, and may change where the discriminator's negatives come from
     (``train_discriminator``)."""
 
-    objective_class: ClassVar[type]
+    discriminator_activation = "tanh"
     required_models = ("actor", "discriminator")
     optional_models = ("critic",)
     metric_names = PPO.metric_names + DISCRIMINATOR_METRICS
@@ -163,21 +173,6 @@ class AdversarialPPO(PPO):
         self._disc_step = tf.function(self.discriminator.train_step, input_signature=signature)
         self._disc_reward = tf.function(self.discriminator.reward, input_signature=signature)
         self.disc_rng = np.random.default_rng(params.seed + SHUFFLE_SEED)
-
-    @classmethod
-    def model_view(cls, key: str, obs_info: DataInfo, action_info: DataInfo) -> DataInfo | None:
-        """The discriminator reads what its objective scores; the value critic is PPO's."""
-        return cls.objective_class.view(obs_info, action_info) if key == "discriminator" else None
-
-    @classmethod
-    def default_models(cls, obs_info: DataInfo, action_info: DataInfo, hidden: Sequence[int] | None = None,
-                       learning_rate: float | None = None) -> dict[str, Any]:
-        """PPO's default models and a tanh MLP discriminator of the same size (``default_hidden``)."""
-        models = super().default_models(obs_info, action_info, hidden, learning_rate)
-        models["discriminator"] = default_discriminator(cls.objective_class.view(obs_info, action_info),
-                                                        tuple(hidden or cls.default_hidden),
-                                                        3e-4 if learning_rate is None else learning_rate, "tanh")
-        return models
 
     def policy_columns(self, segments: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A round's steps flattened to ``(W * T * E, ...)``: observations, ``next_`` observations and
