@@ -48,9 +48,9 @@ def timings(fn, steps):
     return out
 
 
-def nats_one_env(url, steps):
-    from aquaml import NatsEnv
-    env = NatsEnv(url, "bench.cartpole")
+def cartpole_step_timings(env, steps):
+    """Seconds of each of ``steps`` steps of a remote CartPole (action 1, reset when it ends),
+    after 200 warm-up steps; the environment is closed after."""
     env.reset(seed=0)
     action = {"action": np.array(1)}
 
@@ -61,6 +61,11 @@ def nats_one_env(url, steps):
     t = timings(one, steps)
     env.close()
     return t
+
+
+def nats_one_env(url, steps):
+    from aquaml import NatsEnv
+    return cartpole_step_timings(NatsEnv(url, "bench.cartpole"), steps)
 
 
 def gym_nats_step(url, steps):
@@ -108,17 +113,7 @@ def nats_64(url, rounds):
 
 def gymie_env(port, steps):
     from aquaml import GymieEnv
-    env = GymieEnv(f"ws://127.0.0.1:{port}/gym", "CartPole-v1")
-    env.reset(seed=0)
-    action = {"action": np.array(1)}
-
-    def one():
-        if env.step(action).terminated:
-            env.reset()
-    timings(one, 200)
-    t = timings(one, steps)
-    env.close()
-    return steps / t.sum()
+    return steps / cartpole_step_timings(GymieEnv(f"ws://127.0.0.1:{port}/gym", "CartPole-v1"), steps).sum()
 
 
 def gymie_bare(port, steps):
