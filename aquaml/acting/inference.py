@@ -23,6 +23,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from aquaml.compiled import CompiledCall
+
 log = logging.getLogger(__name__)
 
 
@@ -338,7 +340,8 @@ class HostPolicy:
                  set_weights: Callable[[list], None] | None = None, gumbel: bool = False) -> None:
         if numpy is None:
             numpy = numpy_backend_default()
-        self._concrete = act.get_concrete_function()
+        self._call = CompiledCall(act)  # the TensorFlow path, with less Python per call
+        self._concrete = self._call.concrete
         self._obs_specs, self._noise_spec = self._concrete.structured_input_signature[0]
         self._noise_shape, self._gumbel = tuple(self._noise_spec.shape[1:]), gumbel
         self._weights, self._set_weights = list(weights), set_weights
@@ -408,7 +411,7 @@ class HostPolicy:
             noise = self.rng.standard_normal(shape, dtype=np.float32)
         if self._graph is not None:
             return self._graph(*[obs[k] for k in self._names], noise)
-        return {k: v.numpy() for k, v in self._concrete({k: obs[k] for k in self._names}, noise).items()}
+        return {k: v.numpy() for k, v in self._call(obs, noise).items()}
 
 
 class LivePolicy:

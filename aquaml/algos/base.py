@@ -90,6 +90,12 @@ class Algorithm(abc.ABC):
         raise NotImplementedError(f"{cls.name} has no default models; give RLTaskStarter a model_class_dict")
 
     @classmethod
+    def model_options(cls, params: Any) -> dict[str, Any]:
+        """Keyword arguments of ``default_models`` that follow from the run's parameters (DQN's
+        ``dueling`` needs a value head): what ``aquaml train`` passes with the specs. None by default."""
+        return {}
+
+    @classmethod
     def model_view(cls, key: str, obs_info: DataInfo, action_info: DataInfo) -> DataInfo | None:
         """The entries the non-actor model ``key`` may read, when it is not a critic: a
         discriminator of transitions reads ``next_`` observations, or an action beside PPO's
@@ -170,6 +176,16 @@ class Algorithm(abc.ABC):
         """Write the trained models (``<key>.weights.h5``) and the algorithm's other state into
         ``directory``, each file atomically."""
 
+    def _compiled(self, name: str) -> Any:
+        """``self._<name>`` (a ``tf.function`` with an input signature), traced once and called
+        through ``aquaml.compiled.CompiledCall`` (less Python per call than the public call)."""
+        calls = self.__dict__.setdefault("_compiled_calls", {})
+        call = calls.get(name)
+        if call is None:
+            from aquaml.compiled import CompiledCall
+            call = calls[name] = CompiledCall(getattr(self, "_" + name))
+        return call
+
 
 class OffPolicyAlgorithm(Algorithm):
     """An algorithm trained by asynchronous replay (``aquaml.schedules.async_replay``): workers
@@ -194,6 +210,15 @@ class OffPolicyAlgorithm(Algorithm):
         """One update on ``batch`` (``{column: (B, *s)}``), then ``act(obs)`` with the new weights,
         in one call (in one process every step both trains and acts). Returns the update's metrics
         ``(len(metric_names),)`` and the actions as ``act`` returns them."""
+
+    def live_policy(self) -> Any:
+        """The policy a one-process actor acts with (learner and actor share the variables): by
+        default ``act`` itself, on the live variables (``aquaml.acting.inference.LivePolicy``). An
+        algorithm may return a faster one that takes the weights at ``sync()``, which the actor
+        calls after each publication, as long as every action equals ``act``'s on the weights of
+        the last update (the state it draws from is the algorithm's, in ``extra_state``)."""
+        from aquaml.acting.inference import LivePolicy
+        return LivePolicy(self.act)
 
     def sample(self, buffer: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One update's batch: ``{column: (B, *s)}``."""

@@ -182,7 +182,6 @@ class PPO(OnPolicyAlgorithm):
             self.sequence_info = self.minibatch_info.add_info("mask", (), np.float32).add_info("reset", (), np.bool_)
             self._sequence_step = tf.function(self._sequence_train_step, input_signature=[
                 self.sequence_info.tensor_specs((None, params.sequence_length))])
-        self._concrete: dict[str, Any] = {}
 
     def _noise_shape(self, action_info: DataInfo) -> tuple[int, ...]:
         """Per sample, what the act noise holds: standard normal per action dimension (continuous),
@@ -362,12 +361,6 @@ class PPO(OnPolicyAlgorithm):
         total = len(obs[self.value_inputs[0]])
         return np.concatenate([fn({n: obs[n][i:i + chunk] for n in self.value_inputs}).numpy()
                                for i in range(0, total, chunk)]) if total else np.zeros(0, np.float32)
-
-    def _compiled(self, name: str):
-        fn = self._concrete.get(name)
-        if fn is None:
-            fn = self._concrete[name] = getattr(self, "_" + name).get_concrete_function()
-        return fn
 
     # --- training ------------------------------------------------------------------------------
     def _apply(self, optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,

@@ -109,7 +109,6 @@ class SAC(OffPolicyAlgorithm):
                                        input_signature=signature + act_signature, jit_compile=params.jit_compile)
         # Concrete functions are traced on first use (so tests can swap _noise first); calling them
         # directly skips tf.function's per-call signature matching, about 150 us per call here.
-        self._concrete: dict[str, Any] = {}
 
     @staticmethod
     def check_action_info(action_info: DataInfo) -> None:
@@ -234,12 +233,6 @@ class SAC(OffPolicyAlgorithm):
         ranks, evaluation): numpy when the actor's graph allows, its own noise stream from
         ``seed``, weights taken at ``sync()``. See ``aquaml.acting.inference``."""
         return HostPolicy(self._act_given_noise, seed, numpy, self.actor_weight_variables(), self.set_actor_weights)
-
-    def _compiled(self, name: str):
-        fn = self._concrete.get(name)
-        if fn is None:
-            fn = self._concrete[name] = getattr(self, "_" + name).get_concrete_function()
-        return fn
 
     # --- update --------------------------------------------------------------------------------
     def _update_step(self, batch: Mapping[str, tf.Tensor]) -> tf.Tensor:
