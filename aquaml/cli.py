@@ -485,7 +485,8 @@ def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluati
     except ValueError as exc:
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
     try:
-        models = algo_cls.default_models(probe.obs_info, probe.action_info, hidden, args.learning_rate)
+        models = algo_cls.default_models(probe.obs_info, probe.action_info, hidden, args.learning_rate,
+                                         **algo_cls.model_options(params))
     except NotImplementedError as exc:
         raise CLIError(f"--algo {args.algo}: {exc}") from None
     probe.close()

@@ -448,3 +448,27 @@ def test_default_q_network_with_dueling_heads_builds_and_acts():
     algo = DQN(specs, env.obs_info, action_info, DQNParameters(dueling=True))
     out = algo.act({"obs": np.zeros((3, 4), np.float32)}, deterministic=True)
     assert out["action"].shape == (3,) and out["action"].dtype == np.int64
+
+
+def test_the_one_process_policy_acts_on_the_weights_of_the_last_update_through_numpy():
+    algo = make_dqn(DQNParameters(batch_size=4, epsilon=0.0, epsilon_min=0.0))
+    live = algo.live_policy()
+    assert algo._acting.backend == "numpy"
+    obs = {"obs": np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)}
+
+    def greedy():  # argmax of TensorFlow's Q-values on the variables as they are now
+        return np.argmax(algo.q_values({"obs": tf.constant(obs["obs"])}).numpy(), axis=-1)
+    np.testing.assert_array_equal(live(obs, True)["action"], greedy())
+    batch = {"obs": obs["obs"][:4], "next_obs": obs["obs"][4:8], "action": np.array([0, 1, 2, 0]),
+             "reward": np.array([5.0, -3.0, 2.0, 8.0], np.float32), "discount": np.zeros(4, np.float32),
+             "weight": np.ones(4, np.float32)}
+    before = live(obs, True)["action"]
+    for _ in range(20):
+        algo.update(batch)
+    after = live(obs, True)["action"]
+    assert not np.array_equal(before, after)  # the updates changed the greedy choice somewhere ...
+    np.testing.assert_array_equal(after, greedy())  # ... and the live policy follows them
+    algo.actor.model.set_weights([w * -1.0 for w in algo.actor.model.get_weights()])  # a change it cannot see
+    live.sync()  # what the actor calls after each publication
+    np.testing.assert_array_equal(live(obs, True)["action"], greedy())
+    assert algo.act(obs, True)["action"].tolist() == greedy().tolist()

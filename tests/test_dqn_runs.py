@@ -60,19 +60,22 @@ def test_exported_policy_is_greedy_and_eval_writes_videos(run_root, tmp_path):
     from aquaml import load_policy
     from aquaml.cli import main
     assert main(["train", "--env", "CartPole-v1", "--algo", "dqn", "--steps", "1200", "--run-root", run_root,
-                 "--name", "cp", "--quiet", "--no-tensorboard", "--set", "learning_starts=200",
-                 "--eval-episodes", "1", "--plot-every", "400"]) == 0
+                 "--name", "cp", "--quiet", "--no-tensorboard", "--set", "learning_starts=200", "--set", "dueling=true",
+                 "--eval-episodes", "1", "--plot-every", "400"]) == 0  # the command line builds the value head
     run = os.path.join(run_root, "cp")
     assert os.path.getsize(os.path.join(run, "curves.png")) > 0
     policy = load_policy(run)
     obs = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
-    from aquaml import GymnasiumEnv
+    from aquaml import DQNParameters, GymnasiumEnv
     from aquaml.algos.registry import default_models
     env = GymnasiumEnv("CartPole-v1")
-    q_net = default_models("dqn", env.obs_info, env.action_info)["actor"]()
+    q_net = default_models("dqn", env.obs_info, env.action_info, params=DQNParameters(dueling=True))["actor"]()
     q_net(obs)
-    q_net.load_weights(os.path.join(run, "models", "actor.weights.h5"))  # the trained Q-network
-    np.testing.assert_array_equal(policy.act({"obs": obs})["action"], np.argmax(q_net(obs)[0].numpy(), axis=1))
+    q_net.load_weights(os.path.join(run, "models", "actor.weights.h5"))  # the trained dueling Q-network
+    advantages, value = (t.numpy() for t in q_net(obs))
+    assert value.shape == (16, 1)
+    # Q = V + A - mean(A): the greedy action is the advantage's argmax
+    np.testing.assert_array_equal(policy.act({"obs": obs})["action"], np.argmax(advantages, axis=1))
     for suffix in (".mp4", ".gif"):
         video = str(tmp_path / f"cp{suffix}")
         assert main(["eval", run, "--episodes", "1", "--video", video, "--video-episodes", "2", "--json"]) == 0

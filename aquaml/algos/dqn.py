@@ -278,13 +278,14 @@ class DQN(OffPolicyAlgorithm):
         self._update_act = tf.function(lambda batch, obs, noise: (self._update_step(batch),
                                                                   self._act(obs, False, noise)),
                                        input_signature=train_sig + obs_sig + noise_sig, jit_compile=params.jit_compile)
-        self._concrete: dict[str, Any] = {}
-        # one process acts through TensorFlow on the live weights (they change every update), with
-        # the same numpy noise and epsilon steps as a worker's policy
+        # one process acts with the same numpy noise and epsilon steps as a worker's policy, through
+        # numpy where the graph allows (a fifth of TensorFlow's cost per call on a small network),
+        # on a copy of the weights taken again whenever they may have changed (``_acting_stale``)
         self._acting = ExplorationPolicy(
-            HostPolicy(self._act_given_noise, params.seed + 7919, False, self.actor_weight_variables(),
+            HostPolicy(self._act_given_noise, params.seed + 7919, None, self.actor_weight_variables(),
                        self.set_actor_weights, gumbel=True),
             params.epsilon_at(), self.num_actions, params.warmup_steps)
+        self._acting_stale = True
 
     @staticmethod
     def check_action_info(action_info: DataInfo) -> None:
@@ -318,6 +319,11 @@ class DQN(OffPolicyAlgorithm):
         hidden, lr = tuple(hidden or cls.default_hidden), 1e-4 if learning_rate is None else learning_rate
         return {"actor": q_network(obs_info, action_info, hidden, lr, dueling)}
 
+    @classmethod
+    def model_options(cls, params: DQNParameters) -> dict[str, Any]:
+        """``dueling`` as the parameters ask, so ``aquaml train --set dueling=true`` gets a value head."""
+        return {"dueling": bool(params.dueling)}
+
     @staticmethod
     def _check_outputs(actor: ModelSpec, params: DQNParameters) -> None:
         if actor.recurrent:
@@ -326,8 +332,8 @@ class DQN(OffPolicyAlgorithm):
         want = ("action", "value") if params.dueling else ("action",)
         if tuple(actor.output_names) != want:
             hint = ("dueling=True needs output_info = {'action': (n,), 'value': (1,)}: the advantage stream and the "
-                    "state value (DQN.default_models(obs_info, action_info, dueling=True) builds such a network; "
-                    "the command line's default models have no value head)" if params.dueling else
+                    "state value (DQN.default_models(obs_info, action_info, dueling=True) builds such a network, "
+                    "as the command line does)" if params.dueling else
                     "the Q-network outputs one Q-value per choice, output_info = {'action': (n,)}; an extra 'value' "
                     "output means dueling heads: set dueling=True")
             raise ModelContractError(f"actor.output_info is {tuple(actor.output_names)}: {hint}")
@@ -421,7 +427,19 @@ class DQN(OffPolicyAlgorithm):
     def act(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
         """Actions ``{'action': (batch,) int64}`` for a batch of observations: greedy, or exploring
         (epsilon-greedy or Boltzmann) with the schedule at this process's step count."""
+        self._acting_stale = True  # whatever changed the variables since, act on them as they are
+        return self._acting_now(obs, deterministic)
+
+    def _acting_now(self, obs: Mapping[str, np.ndarray], deterministic: bool) -> dict[str, np.ndarray]:
+        if self._acting_stale:
+            self._acting.sync()
+            self._acting_stale = False
         return self._acting({n: obs[n] for n in self.actor.input_names}, deterministic)
+
+    def live_policy(self) -> "LiveDQNPolicy":
+        """The one-process actor's policy: ``act`` without taking the weights again before every
+        call, only after an update of this DQN or the actor's ``sync()`` (each publication)."""
+        return LiveDQNPolicy(self)
 
     def epsilon(self) -> float:
         """Epsilon of the next exploring ``act`` call of this process."""
@@ -435,12 +453,6 @@ class DQN(OffPolicyAlgorithm):
                           self.set_actor_weights, gumbel=True)
         return ExplorationPolicy(host, self.params.epsilon_at(), self.num_actions, self.params.warmup_steps,
                                  self.workers)
-
-    def _compiled(self, name: str):
-        fn = self._concrete.get(name)
-        if fn is None:
-            fn = self._concrete[name] = getattr(self, "_" + name).get_concrete_function()
-        return fn
 
     # --- sampling ------------------------------------------------------------------------------
     def sample_many(self, buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
@@ -514,6 +526,7 @@ class DQN(OffPolicyAlgorithm):
         """One gradient step on ``batch`` (``{column: (B, *s)}``, as ``sample`` gives it), compiled
         on its own (no loop around it); returns the metrics in ``metric_names`` order."""
         metrics, td = self._compiled("update")(self._tensors(batch))
+        self._acting_stale = True
         self._reprioritize(batch, td)
         return metrics.numpy()
 
@@ -522,6 +535,7 @@ class DQN(OffPolicyAlgorithm):
         ``sample_many`` gives them). Returns the metrics of each ``(k, len(metric_names))`` and the
         Q-network's weights after the last, flat in ``actor_weights()`` order (float32)."""
         metrics, td, flat = self._compiled("update_many")(self._tensors(batches))
+        self._acting_stale = True
         self._reprioritize(batches, td)
         return metrics.numpy(), flat.numpy()
 
@@ -532,6 +546,7 @@ class DQN(OffPolicyAlgorithm):
         noise = acting.rng.gumbel(size=(rows, self.num_actions)).astype(np.float32)  # as HostPolicy draws it
         (metrics, td), out = self._compiled("update_act")(self._tensors(batch),
                                                           {n: obs[n] for n in self.actor.input_names}, noise)
+        self._acting_stale = True
         self._reprioritize(batch, td)
         return metrics.numpy(), {"action": acting.explore(out["action"].numpy())}
 
@@ -558,9 +573,38 @@ class DQN(OffPolicyAlgorithm):
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what ``extra_state`` returned."""
         self._acting.load_state_dict(state["acting"])
+        self._acting_stale = True
 
     def save(self, directory: str) -> None:
         """Write the Q-network's weights (``actor.weights.h5``) and the target's
         (``dqn_state.npz``), each atomically."""
         save_models(directory, self.models, "dqn_state.npz",
                     {f"target/{i}": w for i, w in enumerate(self.target.get_weights())})
+
+
+class LiveDQNPolicy:
+    """A one-process DQN actor's policy (``DQN.live_policy``): ``DQN.act`` on the weights of the
+    DQN's last update, taken into the numpy path again only after an update or a ``sync()``/
+    ``load()`` (which the actor calls after each publication: the weights may have changed). The
+    noise stream and epsilon steps are the DQN's (``extra_state``), so ``rng`` is None and there is
+    no state of its own."""
+
+    rng = None
+
+    def __init__(self, dqn: DQN) -> None:
+        self.dqn = dqn
+
+    def sync(self) -> None:
+        self.dqn._acting_stale = True
+
+    def load(self, weights: Sequence[np.ndarray]) -> None:
+        self.dqn._acting_stale = True  # a one-process actor's weights are the DQN's own variables
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+    def __call__(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
+        return self.dqn._acting_now(obs, deterministic)

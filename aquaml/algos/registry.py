@@ -67,11 +67,14 @@ def name_of(cls: type[Algorithm]) -> str | None:
 
 
 def default_models(algo: str | type[Algorithm], obs_info: Any, action_info: Any, hidden: Sequence[int] | None = None,
-                   learning_rate: float | None = None) -> dict[str, Callable[[], Any]]:
-    """``model_class_dict`` of default models for ``algo`` (a name or a class) on these specs.
+                   learning_rate: float | None = None, params: Any = None) -> dict[str, Callable[[], Any]]:
+    """``model_class_dict`` of default models for ``algo`` (a name or a class) on these specs, shaped
+    as ``params`` need when given (``Algorithm.model_options``: DQN's dueling head).
 
     Raises:
         ValueError: unknown algorithm, or a hidden width that is not a positive int.
         NotImplementedError: the algorithm has no default models.
     """
-    return algorithm(algo).default_models(obs_info, action_info, hidden, learning_rate)
+    cls = algorithm(algo)
+    options = {} if params is None else cls.model_options(params)
+    return cls.default_models(obs_info, action_info, hidden, learning_rate, **options)

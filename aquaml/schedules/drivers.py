@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aquaml.acting.inference import LivePolicy
 from aquaml.algos.base import OffPolicyAlgorithm, OnPolicyAlgorithm
 from aquaml.parallel.episodes import ring_size
 from aquaml.parallel.mpi import Backoff, sleepy_barrier
@@ -30,12 +29,13 @@ def _schedule(algo: Any) -> tuple[type, type]:
 
 def make_actor(ctx: TaskContext, link: ActorLink) -> Any:
     """The actor of ``ctx.algo``'s schedule on ``link``, with the policy it acts with: in one
-    process an off-policy actor acts on the learner's own variables (they change at every
-    update, and the last update of a step computes the next action anyway); otherwise a
-    ``HostPolicy`` with a noise stream of its own per worker."""
+    process an off-policy actor acts as the learner's ``act`` on its own variables (they change at
+    every update, and the last update of a step computes the next action anyway; see
+    ``OffPolicyAlgorithm.live_policy``); otherwise a ``HostPolicy`` with a noise stream of its own
+    per worker."""
     actor_cls = _schedule(ctx.algo)[1]
     if link.shares_weights and actor_cls is ReplayActor:
-        policy = LivePolicy(ctx.algo.act)
+        policy = ctx.algo.live_policy()
     else:
         policy = ctx.algo.host_policy(ctx.params.seed + 7919 + 104_729 * link.rank)
     return actor_cls(ctx, link, policy)
