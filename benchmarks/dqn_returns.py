@@ -66,13 +66,17 @@ def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: st
 
 
 def first_reaching(run_dir: str, threshold: float) -> str:
-    """``reached_step=S reached_s=T``: the first evaluation at or above ``threshold`` in the run's
-    progress.csv, and the run's elapsed seconds there (acting, training and the evaluations so far)."""
+    """``reached_step=S reached_s=T elapsed_s=E``: the first evaluation at or above ``threshold``
+    in the run's progress.csv; ``T`` is the run's seconds there without its evaluations so far
+    (``time/elapsed_s - time/eval_s``: acting and training, as Stable-Baselines3's clock in
+    benchmarks/sb3_dqn.py, which pauses for evaluations), ``E`` the seconds with them."""
     with open(os.path.join(run_dir, "progress.csv"), newline="") as f:
         for row in csv.DictReader(f):
             if row.get("eval/return_mean") and float(row["eval/return_mean"]) >= threshold:
-                return f"reached_step={row['global_step']} reached_s={float(row['time/elapsed_s']):.1f}"
-    return "reached_step=never reached_s=inf"
+                elapsed = float(row["time/elapsed_s"])
+                return (f"reached_step={row['global_step']} reached_s={elapsed - float(row['time/eval_s']):.1f} "
+                        f"elapsed_s={elapsed:.1f}")
+    return "reached_step=never reached_s=inf elapsed_s=inf"
 
 
 def main() -> None:

@@ -5,9 +5,10 @@
 Both use rl-baselines3-zoo's CartPole-v1 settings (see benchmarks/dqn_returns.py and
 benchmarks/sb3_dqn.py) and evaluate 10 deterministic episodes every 1,000 steps, for at most
 50,000 steps, one training thread. aquaml runs in one process and as ``mpiexec -n 3`` (one
-optimizer, two workers); its time is the run's elapsed seconds at the first evaluation at or
-above the threshold, evaluations included. Stable-Baselines3's (benchmarks/sb3_dqn.py
-time-to-return, its Python from benchmarks/sb3_peer.sh) pauses its clock during evaluations.
+optimizer, two workers); its time is the run's seconds at the first evaluation at or above the
+threshold without the evaluations (progress.csv's ``time/elapsed_s - time/eval_s``), as
+Stable-Baselines3's (benchmarks/sb3_dqn.py time-to-return, its Python from
+benchmarks/sb3_peer.sh) pauses its clock during evaluations.
 Each prints its median over the seeds; the last line gives the ratios. Target: <= 0.5.
 """
 import argparse

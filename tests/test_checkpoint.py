@@ -20,7 +20,7 @@ from aquaml.run.checkpoint import Checkpointer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "resumable.py")
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-TIMING = ("time/elapsed_s", "charts/SPS", "charts/UPS")
+TIMING = ("time/elapsed_s", "time/eval_s", "charts/SPS", "charts/UPS")
 
 
 def curve(run_dir):

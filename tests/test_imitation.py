@@ -405,7 +405,7 @@ class StoppingPendulum(GymnasiumEnv):
 
 def progress(run_dir):
     with open(os.path.join(run_dir, "progress.csv")) as f:
-        return [{k: v for k, v in row.items() if k not in ("time/elapsed_s", "charts/SPS", "charts/UPS")}
+        return [{k: v for k, v in row.items() if k not in ("time/elapsed_s", "time/eval_s", "charts/SPS", "charts/UPS")}
                 for row in csv.DictReader(f)]
 
 

@@ -83,13 +83,14 @@ class Progress:
         self._metric_count = 0
         self._epoch_start = (time.perf_counter(), 0, 0)
         self._last_display = -math.inf
+        self.eval_seconds = 0.0  # spent in evaluations, over every resumed part of the run
 
     def state_dict(self) -> dict[str, Any]:
         """The bookkeeping a checkpoint keeps: due steps, the epoch so far, the last evaluation."""
         return {"next_epoch": self.next_epoch, "next_eval": self.next_eval, "final": dict(self.final),
                 "episodes": [dataclasses.asdict(e) for e in self._episodes], "metric_sum": self._metric_sum.copy(),
                 "metric_count": self._metric_count, "epoch_start": self._epoch_start[1:],
-                "elapsed": self.logger.elapsed}
+                "elapsed": self.logger.elapsed, "eval_seconds": self.eval_seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.next_epoch, self.next_eval, self.final = state["next_epoch"], state["next_eval"], dict(state["final"])
@@ -97,6 +98,7 @@ class Progress:
         self._metric_sum[:] = state["metric_sum"]
         self._metric_count = state["metric_count"]
         self._epoch_start = (time.perf_counter(), *state["epoch_start"])
+        self.eval_seconds = float(state.get("eval_seconds", 0.0))  # checkpoints from before the column: 0
 
     def add_episodes(self, episodes: list) -> None:
         self._episodes += episodes
@@ -121,7 +123,9 @@ class Progress:
         """Evaluate and log what is due at ``steps``; ``finished`` forces the final evaluation and row."""
         evaluation, scheduled = {}, steps
         if steps >= self.next_eval or finished:
+            started = time.perf_counter()
             evaluation = self.final = self.evaluate()
+            self.eval_seconds += time.perf_counter() - started
             while self.next_eval <= steps:
                 scheduled = self.next_eval
                 self.next_eval += self.p.eval_interval or math.inf
@@ -139,7 +143,7 @@ class Progress:
     def _end_epoch(self, steps: int, updates: int, evaluation: dict[str, float], display: bool) -> None:
         now = time.perf_counter()
         t0, steps0, updates0 = self._epoch_start
-        row: dict[str, float] = {"charts/updates": updates,
+        row: dict[str, float] = {"time/eval_s": round(self.eval_seconds, 3), "charts/updates": updates,
                                  "charts/SPS": (steps - steps0) / max(now - t0, 1e-9),
                                  "charts/UPS": (updates - updates0) / max(now - t0, 1e-9)}
         row.update(episode_row(self._episodes))
