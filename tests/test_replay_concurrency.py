@@ -137,3 +137,57 @@ def test_one_process_sampling_draws_as_documented():
     offsets = np.cumsum(filled) - filled
     slices = np.searchsorted(offsets, flat, side="right") - 1
     np.testing.assert_array_equal(batch["t"], buffer.arrays["t"][slices, flat - offsets[slices]])
+
+
+def column_writer(buffer, slice_index, rows_per_step):
+    """Every column of a step of ``rows_per_step`` rows written on its own (one per action), each
+    holding the row's write count ``t`` (actions: ``t % 3``); episodes never end."""
+    cap = buffer.slice_capacity
+    while True:
+        start = int(buffer.counters[slice_index])
+        counts = start + np.arange(rows_per_step)
+        rows = counts % cap
+        for name in buffer.info.names:
+            column = buffer.arrays[name]
+            if name in ("terminated", "truncated"):
+                column[slice_index, rows] = 0.0
+            elif name == "action":
+                column[slice_index, rows] = counts % 3
+            else:
+                value = counts + (rows_per_step if name == "next_obs" else 0)
+                column[slice_index, rows] = value.reshape((-1,) + (1,) * (column.ndim - 2))
+            yield
+        buffer.counters[slice_index] = start + rows_per_step
+        yield
+
+
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_dqn_n_step_transitions_sampled_while_a_worker_writes_are_never_torn(n_steps):
+    from aquaml import DQNParameters
+    from test_dqn import make_dqn
+    stride, gamma = 2, 0.9
+    dqn = make_dqn(DQNParameters(batch_size=32, n_steps=n_steps, gamma=gamma, envs_per_worker=stride))
+    store = InterleavedStore()
+    buffer = ReplayBuffer(dqn.batch_info, 128, 2, store, stride=stride)
+    writers = [column_writer(buffer, s, stride) for s in range(2)]
+    for writer in writers:
+        for _ in range(3 * 8 * (64 // stride + 5)):
+            next(writer)
+    script = np.random.default_rng(3)
+
+    def advance():
+        for writer in writers:
+            for _ in range(script.integers(0, 8)):
+                next(writer)
+    store.advance = _HookedArray.hook = advance
+    rng = np.random.default_rng(4)
+    batches = [dqn.sample_many(buffer, rng, 2) for _ in range(60)]
+    t = np.concatenate([b["obs"][..., 0].ravel() for b in batches])
+    last = np.concatenate([b["next_obs"][..., 0].ravel() for b in batches])
+    reward = np.concatenate([b["reward"].ravel() for b in batches])
+    action = np.concatenate([b["action"].ravel() for b in batches])
+    steps = np.arange(n_steps)
+    assert np.array_equal(last, t + n_steps * stride)  # the window's last next_obs, n steps on
+    np.testing.assert_allclose(reward, (gamma ** steps * (t[:, None] + stride * steps)).sum(axis=1), rtol=1e-6)
+    assert np.array_equal(action, t.astype(np.int64) % 3)
+    assert len(np.unique(t)) > 100  # the ring moved on meanwhile

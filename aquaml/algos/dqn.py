@@ -38,7 +38,7 @@ from aquaml.algos.params import ReplayParameters, _check, _check_ints, with_alia
 from aquaml.buffers.frames import FrameReplayBuffer, stacked_entries
 from aquaml.buffers.nstep import n_step_batch, uniform_rows, window_starts
 from aquaml.buffers.prioritized import ProportionalPriorities
-from aquaml.buffers.replay import ReplayBuffer
+from aquaml.buffers.replay import MAX_REDRAWS, ReplayBuffer
 from aquaml.data import DataInfo, SpecError
 from aquaml.models.base import ModelContractError, ModelSpec, is_discrete_action, model_state_groups, save_models
 from aquaml.models.defaults import q_network
@@ -458,24 +458,52 @@ class DQN(OffPolicyAlgorithm):
     def sample_many(self, buffer: ReplayBuffer, rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
         """``count`` batches of ``batch_size`` n-step transitions (``train_info`` columns, plus
         where each row came from), stacked on a new first axis. Prioritized: rows in proportion
-        to their priority, with importance weights at the current beta."""
+        to their priority, with importance weights at the current beta.
+
+        With workers writing meanwhile (a node's shared buffer), transitions whose rows a writer
+        may have overwritten during their copy are drawn again, as ``ReplayBuffer.sample`` does.
+
+        Raises:
+            RuntimeError: writers overwrote the rows drawn ``MAX_REDRAWS`` times in a row.
+        """
         p = self.params
         size = p.batch_size * count
         if p.prioritized:
             if self.priorities is None or buffer is not self.buffer:
                 raise ValueError("prioritized replay samples the buffer this DQN made (make_buffer)")
             self.priorities.assign_new(buffer.counters)
-            first, end = window_starts(buffer, p.n_steps)
-            valid = buffer.valid if isinstance(buffer, FrameReplayBuffer) else None
-            slices, rows, probabilities, smallest = self.priorities.sample(first, end, size, rng, valid)
-            weight = self.priorities.importance_weights(
-                probabilities, smallest, p.priority_beta_at(int(buffer.counters.sum())))
-        else:
-            slices, rows = uniform_rows(buffer, p.n_steps, size, rng)
-            weight = np.ones(size, np.float32)
+        counts = buffer.read_counters()
+        slices, rows, weight = self._draw(buffer, size, rng)
         batch = n_step_batch(buffer, self.actor.input_names, slices, rows, p.n_steps, self.gamma)
-        batch.update({"weight": weight, SAMPLED_SLICE: slices, SAMPLED_ROW: rows})
-        return {k: v.reshape((count, p.batch_size) + v.shape[1:]) for k, v in batch.items()}
+        # the oldest row a transition reads: its first, or the first frame of its stacked observation
+        back = (max(buffer.depth.values()) - 1) * buffer.stride if isinstance(buffer, FrameReplayBuffer) else 0
+        stale, counts = buffer.overwritten(slices, rows - back, counts)
+        redraw = np.flatnonzero(stale)
+        for _ in range(MAX_REDRAWS):
+            if not len(redraw):
+                batch.update({"weight": weight, SAMPLED_SLICE: slices, SAMPLED_ROW: rows})
+                return {k: v.reshape((count, p.batch_size) + v.shape[1:]) for k, v in batch.items()}
+            s, r, w = self._draw(buffer, len(redraw), rng)
+            for k, v in n_step_batch(buffer, self.actor.input_names, s, r, p.n_steps, self.gamma).items():
+                batch[k][redraw] = v
+            slices[redraw], rows[redraw], weight[redraw] = s, r, w
+            stale, counts = buffer.overwritten(s, r - back, counts)
+            redraw = redraw[stale]
+        raise RuntimeError(f"DQN: writers overwrote the transitions drawn {MAX_REDRAWS} times in a row; the replay "
+                           f"buffer's slices ({buffer.slice_capacity} rows each) are too small for their write "
+                           "rate: raise buffer_size")
+
+    def _draw(self, buffer: ReplayBuffer, size: int, rng: np.random.Generator) -> tuple:
+        """``size`` n-step window starts (slices, global rows) and their importance weights."""
+        p = self.params
+        if not p.prioritized:
+            slices, rows = uniform_rows(buffer, p.n_steps, size, rng)
+            return slices, rows, np.ones(size, np.float32)
+        first, end = window_starts(buffer, p.n_steps)
+        valid = buffer.valid if isinstance(buffer, FrameReplayBuffer) else None
+        slices, rows, probabilities, smallest = self.priorities.sample(first, end, size, rng, valid)
+        beta = p.priority_beta_at(int(buffer.counters.sum()))
+        return slices, rows, self.priorities.importance_weights(probabilities, smallest, beta)
 
     # --- update --------------------------------------------------------------------------------
     def _update_step(self, batch: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:

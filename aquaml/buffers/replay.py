@@ -172,6 +172,15 @@ class ReplayBuffer:
             return np.zeros(len(slices), bool), now  # no slice's writer reached a row that was drawn
         return written < oldest[slices], now
 
+    def overwritten(self, slices: np.ndarray, written: np.ndarray,
+                    counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For rows a sampler of its own copied out (the oldest row of each draw at write count
+        ``written`` of ``slices``, drawn at ``counts``): which a concurrent writer may have touched
+        during the copy, to be drawn again, and the counters now. All False in one process."""
+        if not self._rechecks():
+            return np.zeros(len(slices), bool), counts
+        return self._touched(slices, written, counts)
+
     def _rechecks(self) -> bool:
         """Whether rows drawn must be checked against the counters after their copy: with
         concurrent writers, or rows lost at a resume. Never in one process."""
