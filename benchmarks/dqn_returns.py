@@ -48,7 +48,7 @@ TASKS = {
 
 
 def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: str, extra: dict,
-             threads: int | None, eval_interval: int) -> dict | None:
+             threads: int | None, eval_interval: int, stop_at: float | None = None) -> dict | None:
     from aquaml import DQN, DQNParameters, GymnasiumEnv, RLTaskStarter
     from aquaml.algos.registry import default_models
     probe = GymnasiumEnv(task["env"])
@@ -57,7 +57,8 @@ def run_seed(task: dict, steps: int, seed: int, eval_episodes: int, run_root: st
                            epoch_length=5_000, **{**task["parameters"], **extra})
     starter = RLTaskStarter(env=task["env"], model_class_dict=models, algo=DQN, algo_hyperparameter=params,
                             name=f"{task['env']}_dqn_{seed}", run_root=run_root, verbose=False, tensorboard=False,
-                            checkpoint_interval=0, optimizer_threads=threads)
+                            checkpoint_interval=0, optimizer_threads=threads, on_evaluation=None if stop_at is None
+                            else lambda step, stats: stats["eval/return_mean"] >= stop_at)
     start = time.perf_counter()
     final = starter.run()
     if not final:  # a worker rank under MPI: the optimizer rank evaluates
@@ -92,6 +93,8 @@ def main() -> None:
                         help="steps between evaluations, 0 = only at the end (default 0)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="also print the training seconds at the first evaluation at or above this return")
+    parser.add_argument("--stop-at-threshold", action="store_true",
+                        help="end each run at that evaluation (its final return is then the return there)")
     args = parser.parse_args()
     task = TASKS[args.task]
     steps = args.steps or task["steps"]
@@ -99,7 +102,8 @@ def main() -> None:
     run_root = args.run_root or tempfile.mkdtemp(prefix="dqn-returns-")
     returns = []
     for seed in args.seeds:
-        result = run_seed(task, steps, seed, args.eval_episodes, run_root, extra, args.threads, args.eval_interval)
+        result = run_seed(task, steps, seed, args.eval_episodes, run_root, extra, args.threads, args.eval_interval,
+                          args.threshold if args.stop_at_threshold else None)
         if not result:  # a worker rank under MPI
             continue
         returns.append(result["eval/return_mean"])

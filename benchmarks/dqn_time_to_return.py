@@ -8,7 +8,7 @@ benchmarks/sb3_dqn.py) and evaluate 10 deterministic episodes every 1,000 steps,
 optimizer, two workers); its time is the run's seconds at the first evaluation at or above the
 threshold without the evaluations (progress.csv's ``time/elapsed_s - time/eval_s``), as
 Stable-Baselines3's (benchmarks/sb3_dqn.py time-to-return, its Python from
-benchmarks/sb3_peer.sh) pauses its clock during evaluations.
+benchmarks/sb3_peer.sh) pauses its clock during evaluations. Both stop at the threshold.
 Each prints its median over the seeds; the last line gives the ratios. Target: <= 0.5.
 """
 import argparse
@@ -28,7 +28,7 @@ def aquaml_times(seeds, threshold: float, ranks: int) -> list[float]:
     for seed in seeds:
         prefix = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(ranks)] if ranks > 1 else []
         cmd = prefix + [sys.executable, os.path.join(HERE, "dqn_returns.py"), "--task", "cartpole", "--seeds",
-                        str(seed), "--eval-interval", "1000", "--threshold", str(threshold),
+                        str(seed), "--eval-interval", "1000", "--threshold", str(threshold), "--stop-at-threshold",
                         "--run-root", tempfile.mkdtemp(prefix="dqn-ttr-")]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
                              env={**os.environ, "PYTHONPATH": ROOT}).stdout
