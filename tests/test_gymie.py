@@ -303,3 +303,60 @@ def test_environment_urls_are_checked_before_connecting(tmp_path):
         env_from_url("nats://127.0.0.1:1/s?autoreset=maybe")
     assert url_name("ws://127.0.0.1:5000/gym?env=CartPole-v1&token=x") == "ws-127.0.0.1-5000-CartPole-v1"
     assert url_name("nats://user:pw@host:4222/lab.arm") == "nats-host-4222-lab.arm"
+
+
+PINGING_ECHO = """
+import asyncio, sys
+from websockets.asyncio.server import serve
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+async def main():
+    # pings every 0.5 s, and closes a connection whose pong is 1.5 s late
+    async with serve(echo, "127.0.0.1", int(sys.argv[1]), ping_interval=0.5, ping_timeout=1.5):
+        print("answering on", flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def test_an_idle_connection_answers_the_servers_pings_and_stays_open():
+    """GymieEnv reads its replies in the calling thread; while nobody calls (a learner training),
+    the keepalive thread must answer the server's pings, or the server closes the connection."""
+    from aquaml.envs.gymie_env import KEEPALIVE_TICK, _Channel
+    port = free_port()
+    server = Process([sys.executable, "-c", PINGING_ECHO, str(port)])
+    try:
+        server.wait_for("answering on")
+        channel = _Channel(f"ws://127.0.0.1:{port}", None, 5.0, 5.0, False)
+        assert json.loads(channel.call("step", instance_id="a", action=1)) == \
+            {"method": "step", "params": {"instance_id": "a", "action": 1}}
+        time.sleep(3 * KEEPALIVE_TICK + 1.5)  # past the server's ping timeout several times over
+        sent, received = channel.send("reset", {"instance_id": "b"}), channel.send("reset", {"instance_id": "c"})
+        assert [json.loads(channel.receive(t, "reset"))["params"] for t in (sent, received)] == \
+            [{"instance_id": "b"}, {"instance_id": "c"}]
+        channel.close()
+        with pytest.raises(RemoteEnvError, match="is closed"):
+            channel.call("step", instance_id="a", action=1)
+    finally:
+        server.stop()
+
+
+def test_a_silent_server_times_out_naming_the_method():
+    """A reply that never comes raises RemoteEnvTimeout after ``timeout`` seconds, naming the call."""
+    from aquaml.envs.gymie_env import _Channel
+    from aquaml.envs.nats_link import RemoteEnvTimeout
+    port = free_port()
+    server = Process([sys.executable, "-c", PINGING_ECHO.replace("await ws.send(message)", "pass"), str(port)])
+    try:
+        server.wait_for("answering on")
+        channel = _Channel(f"ws://127.0.0.1:{port}", None, 0.5, 5.0, False)
+        start = time.monotonic()
+        with pytest.raises(RemoteEnvTimeout, match=r"no reply to 'step' .* within 0.5 s"):
+            channel.call("step", instance_id="a", action=1)
+        assert 0.4 < time.monotonic() - start < 3
+        channel.close()
+    finally:
+        server.stop()
+    with pytest.raises(ConnectionError, match="cannot open a WebSocket"):
+        _Channel(f"ws://127.0.0.1:{port}", None, 1.0, 1.0, False)

@@ -33,7 +33,7 @@ import numpy as np
 from aquaml.data import DataInfo, SpecError
 from aquaml.envs.base import RLBaseEnv, StepResult
 from aquaml.envs.nats_link import Link, NatsOptions, RemoteEnvError, runner
-from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame
+from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame, stack_rows
 
 PROTOCOLS = ("aquaml", "gym-nats")
 PROTOCOL = "aquaml-env/1"
@@ -183,7 +183,7 @@ class _Session:
         self.check()
         order = list(self.pending)
         rows = [self.pending[s] for s in order]
-        actions = {n: np.stack([row[n] for row in rows]) for n in self.codec.action.names}
+        actions = {n: stack_rows([row[n] for row in rows]) for n in self.codec.action.names}
         self.pending.clear()
         slots = np.array(order, np.uint32)
         received = self._request(self.data_subject, self.codec.step_request(slots, actions), Kind.STEP_REPLY)

@@ -30,7 +30,7 @@ import numpy as np
 from aquaml.data import DataInfo
 from aquaml.envs.base import RLBaseEnv, normalize_step
 from aquaml.envs.nats_link import NatsOptions, connect, run_async
-from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame
+from aquaml.envs.wire import EnvCodec, Frame, Kind, WireError, frame, stack_rows
 
 PROTOCOL = "aquaml-env/1"
 QUEUE = "aquaml"
@@ -247,32 +247,31 @@ class NatsEnvServer:
         actions = self.codec.read_step_request(received)
         slots = received.slots
         k = len(slots)
-        obs = self.obs_info.zeros((k,))
-        reward = np.empty(k, np.float64)
-        terminated = np.zeros(k, bool)
-        truncated = np.zeros(k, bool)
+        rows, reward, terminated, truncated = [], [], [], []
         reset_mask = np.zeros(k, bool)
         reset_rows, infos, rewards = [], {}, {}
-        for j, slot in enumerate(slots):
+        for j, slot in enumerate(slots.tolist()):
             env = self._env(session, slot)
             try:
                 result = normalize_step(env.step({n: np.array(a[j]) for n, a in actions.items()}), type(env).__name__)
-                step_obs = self._obs(env, result.obs, "step()")
+                rows.append(self._obs(env, result.obs, "step()"))
+                total = result.reward["total_reward"]
                 if session.autoreset and (result.terminated or result.truncated):
                     reset_rows.append(self._obs(env, env.reset(), "reset()"))
                     reset_mask[j] = True
             except Exception as exc:  # noqa: BLE001  (the environment's own error, reported to the client)
-                raise _EnvFailure(exc, int(slot)) from None
-            for name in self.obs_info.names:
-                obs[name][j] = step_obs[name]
-            reward[j] = result.reward["total_reward"]
-            terminated[j], truncated[j] = result.terminated, result.truncated
+                raise _EnvFailure(exc, slot) from None
+            reward.append(total)
+            terminated.append(result.terminated)
+            truncated.append(result.truncated)
             if result.info:
                 infos[j] = result.info
             if len(result.reward) > 1:
                 rewards[j] = {n: v for n, v in result.reward.items() if n != "total_reward"}
         self.steps += k
-        reset_obs = {n: np.stack([r[n] for r in reset_rows]) for n in self.obs_info.names} if reset_rows else None
+        names = self.obs_info.names
+        obs = {n: stack_rows([row[n] for row in rows]) for n in names}
+        reset_obs = {n: stack_rows([row[n] for row in reset_rows]) for n in names} if reset_rows else None
         return self.codec.step_reply(slots, obs, reward, terminated, truncated, reset_obs, reset_mask, infos, rewards)
 
     # --- ending sessions -----------------------------------------------------------------------
