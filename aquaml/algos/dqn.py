@@ -31,7 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aquaml.acting.inference import HostPolicy
+from aquaml.acting.inference import HostPolicy, LivePolicy
 from aquaml.algos.base import OffPolicyAlgorithm
 from aquaml.algos.exploration import EpsilonSchedule, ExplorationPolicy
 from aquaml.algos.params import ReplayParameters, _check, _check_ints, with_aliases
@@ -473,7 +473,7 @@ class DQN(OffPolicyAlgorithm):
                 raise ValueError("prioritized replay samples the buffer this DQN made (make_buffer)")
             self.priorities.assign_new(buffer.counters)
         counts = buffer.read_counters()
-        slices, rows, weight = self._draw(buffer, size, rng)
+        slices, rows, weight = self._draw(buffer, size, rng, counts)
         batch = n_step_batch(buffer, self.actor.input_names, slices, rows, p.n_steps, self.gamma)
         # the oldest row a transition reads: its first, or the first frame of its stacked observation
         back = (max(buffer.depth.values()) - 1) * buffer.stride if isinstance(buffer, FrameReplayBuffer) else 0
@@ -483,7 +483,7 @@ class DQN(OffPolicyAlgorithm):
             if not len(redraw):
                 batch.update({"weight": weight, SAMPLED_SLICE: slices, SAMPLED_ROW: rows})
                 return {k: v.reshape((count, p.batch_size) + v.shape[1:]) for k, v in batch.items()}
-            s, r, w = self._draw(buffer, len(redraw), rng)
+            s, r, w = self._draw(buffer, len(redraw), rng, counts)
             for k, v in n_step_batch(buffer, self.actor.input_names, s, r, p.n_steps, self.gamma).items():
                 batch[k][redraw] = v
             slices[redraw], rows[redraw], weight[redraw] = s, r, w
@@ -493,16 +493,17 @@ class DQN(OffPolicyAlgorithm):
                            f"buffer's slices ({buffer.slice_capacity} rows each) are too small for their write "
                            "rate: raise buffer_size")
 
-    def _draw(self, buffer: ReplayBuffer, size: int, rng: np.random.Generator) -> tuple:
-        """``size`` n-step window starts (slices, global rows) and their importance weights."""
+    def _draw(self, buffer: ReplayBuffer, size: int, rng: np.random.Generator, counts: np.ndarray) -> tuple:
+        """``size`` n-step window starts (slices, global rows) among the rows held at ``counts``
+        (the counters the copy is checked against), and their importance weights."""
         p = self.params
         if not p.prioritized:
-            slices, rows = uniform_rows(buffer, p.n_steps, size, rng)
+            slices, rows = uniform_rows(buffer, p.n_steps, size, rng, counts)
             return slices, rows, np.ones(size, np.float32)
-        first, end = window_starts(buffer, p.n_steps)
+        first, end = window_starts(buffer, p.n_steps, counts)
         valid = buffer.valid if isinstance(buffer, FrameReplayBuffer) else None
         slices, rows, probabilities, smallest = self.priorities.sample(first, end, size, rng, valid)
-        beta = p.priority_beta_at(int(buffer.counters.sum()))
+        beta = p.priority_beta_at(int(counts.sum()))
         return slices, rows, self.priorities.importance_weights(probabilities, smallest, beta)
 
     # --- update --------------------------------------------------------------------------------
@@ -610,16 +611,14 @@ class DQN(OffPolicyAlgorithm):
                     {f"target/{i}": w for i, w in enumerate(self.target.get_weights())})
 
 
-class LiveDQNPolicy:
+class LiveDQNPolicy(LivePolicy):
     """A one-process DQN actor's policy (``DQN.live_policy``): ``DQN.act`` on the weights of the
     DQN's last update, taken into the numpy path again only after an update or a ``sync()``/
     ``load()`` (which the actor calls after each publication: the weights may have changed). The
-    noise stream and epsilon steps are the DQN's (``extra_state``), so ``rng`` is None and there is
-    no state of its own."""
-
-    rng = None
+    noise stream and epsilon steps are the DQN's (``extra_state``), as for every ``LivePolicy``."""
 
     def __init__(self, dqn: DQN) -> None:
+        super().__init__(dqn._acting_now)
         self.dqn = dqn
 
     def sync(self) -> None:
@@ -627,12 +626,3 @@ class LiveDQNPolicy:
 
     def load(self, weights: Sequence[np.ndarray]) -> None:
         self.dqn._acting_stale = True  # a one-process actor's weights are the DQN's own variables
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
-    def __call__(self, obs: Mapping[str, np.ndarray], deterministic: bool = False) -> dict[str, np.ndarray]:
-        return self.dqn._acting_now(obs, deterministic)

@@ -27,10 +27,10 @@ from aquaml.buffers.frames import FrameReplayBuffer
 from aquaml.buffers.replay import ReplayBuffer
 
 
-def window_starts(buffer: ReplayBuffer, n: int) -> tuple[np.ndarray, np.ndarray]:
+def window_starts(buffer: ReplayBuffer, n: int, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per slice, the first and one-past-last global row at which an ``n``-step window starts
-    whose rows are all written and still held."""
-    return buffer.sequence_starts(n)
+    whose rows are all written and still held, at ``counts`` (default: the counters now)."""
+    return buffer.sequence_starts(n, counts)
 
 
 def gather(buffer: ReplayBuffer, names: Sequence[str], slices: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -42,23 +42,25 @@ def gather(buffer: ReplayBuffer, names: Sequence[str], slices: np.ndarray, rows:
     return {n: buffer.arrays[n][slices, local] for n in names}
 
 
-def uniform_rows(buffer: ReplayBuffer, n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def uniform_rows(buffer: ReplayBuffer, n: int, size: int, rng: np.random.Generator,
+                 counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``size`` (slice, global row) pairs drawn uniformly, with replacement, over every row that
-    starts a whole ``n``-step window (and, in a frame buffer, whose stacked frames are all held).
+    starts a whole ``n``-step window (and, in a frame buffer, whose stacked frames are all held),
+    at ``counts`` (default: the counters now).
 
     Raises:
         ValueError: no slice holds such a row yet.
     """
-    first, end = window_starts(buffer, n)
-    counts = end - first
-    total = int(counts.sum())
+    first, end = window_starts(buffer, n, counts)
+    held = end - first
+    total = int(held.sum())
     if total == 0:
         raise ValueError(f"no slice of the replay buffer holds an {n}-step window yet "
                          f"(rows per slice: {buffer.filled().tolist()})")
     slices = np.empty(size, np.int64)
     rows = np.empty(size, np.int64)
     missing = np.arange(size)
-    offsets = np.cumsum(counts) - counts
+    offsets = np.cumsum(held) - held
     frames = isinstance(buffer, FrameReplayBuffer)
     for _ in range(64):  # rejection sampling keeps the draw uniform over the valid rows
         flat = rng.integers(0, total, size=len(missing))

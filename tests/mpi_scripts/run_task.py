@@ -100,7 +100,7 @@ def main():
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"rank {topo.rank} {topo.role} cpu_fraction {cpu / wall:.3f} wall {wall:.1f}", flush=True)
     if starter.interrupted:
-        print(f"rank {topo.rank} {topo.role} stopped", flush=True)
+        print(f"rank {topo.rank} {topo.role} stopped ({starter.stop_reason})", flush=True)
     if result:
         print(f"final return {result['eval/return_mean']:.3f}", flush=True)
 
