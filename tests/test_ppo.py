@@ -326,7 +326,9 @@ def test_ppo_learns_cartpole_in_one_process(run_root):
     policy's ~22. PPO's CartPole policy can swing late in a run: seeds 0-8 here end at 372-500, but
     seed 0 on another CPU (other float rounding) reached 500 at 20k steps and ended at 128."""
     tutorial3 = load_tutorial("tutorial3")
-    result = tutorial3.main(["--steps", "30000", "--run-root", run_root, "--name", "cartpole"])
+    with pytest.warns(UserWarning, match="actor.keras not written: Actor takes constructor arguments and has no "
+                                         r"get_config\(\)"):  # the tutorial's models take their widths
+        result = tutorial3.main(["--steps", "30000", "--run-root", run_root, "--name", "cartpole"])
     with open(os.path.join(run_root, "cartpole", "progress.csv")) as f:
         evaluations = [float(row["eval/return_mean"]) for row in csv.DictReader(f) if row["eval/return_mean"]]
     assert len(evaluations) >= 3 and max(evaluations) >= 195, evaluations

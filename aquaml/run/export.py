@@ -115,9 +115,11 @@ def _save_actor(model: Any, directory: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras notes that a subclassed model needs its class to load
             model.save(os.path.join(directory, "actor.keras"))
-    except NotImplementedError as exc:  # a model with constructor arguments and no get_config
-        warnings.warn(f"actor.keras not written ({str(exc).strip().splitlines()[0]} "
-                      f"{type(model).__name__} needs get_config()); the SavedModel is complete", stacklevel=3)
+    except NotImplementedError:  # a model with constructor arguments and no get_config
+        name = type(model).__name__
+        warnings.warn(f"policy/actor.keras not written: {name} takes constructor arguments and has no get_config(), "
+                      f"so Keras could not rebuild it from the file (give {name} a get_config() to have one); "
+                      "the SavedModel and actor.weights.h5 are complete", stacklevel=3)
 
 
 def export_trust_problem(path: str) -> str | None:
