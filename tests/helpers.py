@@ -87,3 +87,29 @@ def load_tutorial(name):
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+def rank_pids(proc, count: int, timeout: float = 300.0) -> dict[int, int]:
+    """The pid of each rank of ``proc`` (an mpiexec of tests/mpi_scripts/run_task.py, stdout a
+    pipe), read from its ``rank R role pid P started`` lines until ``count`` ranks have said it.
+
+    Searched in everything read so far, not line by line: with unbuffered output (PYTHONUNBUFFERED)
+    a rank's text and its newline can reach the launcher as two writes, so another rank's line can
+    land between them. Raises AssertionError (with what was read) at ``timeout`` or when the output
+    ends first, so a missed line fails the test instead of blocking it until the job ends.
+    """
+    import re
+    import select
+    import time
+    deadline, text, fd = time.monotonic() + timeout, b"", proc.stdout.fileno()
+    while True:
+        pids = {int(r): int(p) for r, p in re.findall(rb"rank (\d+) \w+ pid (\d+) started", text)}
+        if len(pids) >= count:
+            return pids
+        left = deadline - time.monotonic()
+        assert left > 0, f"{len(pids)} of {count} ranks started within {timeout} s; read: {text[-2000:]!r}"
+        if select.select([fd], [], [], min(left, 1.0))[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the output ended after {len(pids)} of {count} ranks started (exit code {proc.wait()}): " \
+                          f"{text[-2000:]!r}"
+            text += chunk

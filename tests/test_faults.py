@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import CountingEnv, MLPActor, MLPQ
+from helpers import CountingEnv, MLPActor, MLPQ, rank_pids
 
 from aquaml import NonFiniteError, RLTaskStarter, SACParameters
 from aquaml.buffers.replay import ReplayBuffer
@@ -192,14 +192,7 @@ def _start_task(tmp_path, *extra):
         proc = subprocess.Popen([MPIEXEC, "-n", "3", PYTHON, RUN_TASK, "--run-root", str(tmp_path), "--eval-interval",
                                  "0", *extra], stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(),
                                 cwd=ROOT)
-    pids = {}
-    for line in proc.stdout:
-        m = re.match(r"rank (\d) \w+ pid (\d+) started", line)
-        if m:
-            pids[int(m.group(1))] = int(m.group(2))
-        if len(pids) == 3:
-            break
-    return proc, pids
+    return proc, rank_pids(proc, 3)
 
 
 @pytest.mark.parametrize("ppo", [False, True])

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from helpers import rank_pids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "tests", "mpi_scripts")
@@ -80,13 +81,7 @@ def _waiting_cpu_fraction(waiting_rank, args, tmp_path, settle=2.0, after_rows=0
                                 text=True, env=mpi_env(), cwd=ROOT)
     csv_path = os.path.join(tmp_path, "task", "progress.csv")
     try:
-        pid = None
-        for line in proc.stdout:
-            m = re.match(rf"rank {waiting_rank} \w+ pid (\d+) started", line)
-            if m:
-                pid = int(m.group(1))
-                break
-        assert pid is not None, f"exit code {proc.wait()}: " + open(err_path).read()[-3000:]
+        pid = rank_pids(proc, 3)[waiting_rank]
         deadline = time.monotonic() + 120
         while after_rows and not (os.path.isfile(csv_path) and len(open(csv_path).read().splitlines()) > after_rows):
             assert proc.poll() is None and time.monotonic() < deadline, "no progress rows"

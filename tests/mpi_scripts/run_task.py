@@ -50,6 +50,13 @@ class TestEnv(CountingEnv):
         return obs, reward, terminated, truncated, info
 
 
+def say(text: str) -> None:
+    """One line to stdout in one write: under PYTHONUNBUFFERED, print() writes the text and its
+    newline separately, and another rank's line could land between them."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def rank():
     from mpi4py import MPI
     return MPI.COMM_WORLD.Get_rank()
@@ -94,15 +101,15 @@ def main():
                             run_root=args.run_root, name=args.name, verbose=False, tensorboard=False,
                             resume=args.resume)
     topo = starter.topology
-    print(f"rank {topo.rank} {topo.role} pid {os.getpid()} started", flush=True)
+    say(f"rank {topo.rank} {topo.role} pid {os.getpid()} started")
     wall, cpu = time.perf_counter(), time.process_time()
     result = starter.run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(f"rank {topo.rank} {topo.role} cpu_fraction {cpu / wall:.3f} wall {wall:.1f}", flush=True)
+    say(f"rank {topo.rank} {topo.role} cpu_fraction {cpu / wall:.3f} wall {wall:.1f}")
     if starter.interrupted:
-        print(f"rank {topo.rank} {topo.role} stopped ({starter.stop_reason})", flush=True)
+        say(f"rank {topo.rank} {topo.role} stopped ({starter.stop_reason})")
     if result:
-        print(f"final return {result['eval/return_mean']:.3f}", flush=True)
+        say(f"final return {result['eval/return_mean']:.3f}")
 
 
 if __name__ == "__main__":
