@@ -54,6 +54,30 @@ def test_frames_round_trip_every_dtype_for_several_environments():
     assert EnvCodec.read_reset_request(Frame(EnvCodec.reset_request(slots[:3], [None, 7, -2]))) == [None, 7, -2]
 
 
+def test_a_one_environment_step_reply_has_the_general_layout_and_reads_the_same_both_ways():
+    codec = EnvCodec(ALL_SPACES, DataInfo("action", (2,), np.float32))
+    rng = np.random.default_rng(1)
+    obs = {n: rng.integers(0, 2, (1,) + ALL_SPACES.shape(n)).astype(ALL_SPACES.dtype(n)) for n in ALL_SPACES.names}
+    reset_obs = {n: (v + 1).astype(v.dtype) for n, v in obs.items()}
+    slots = np.array([3], np.uint32)
+    data = codec.step_reply(slots, obs, np.array([-1.25]), [True], [False], reset_obs, np.array([True]),
+                            {0: {"x": 1}}, {0: {"bonus": 2.0}})
+    columns = lambda cols: [np.ascontiguousarray(cols[n], ALL_SPACES.dtype(n)).tobytes() for n in ALL_SPACES.names]
+    expected = frame(Kind.STEP_REPLY, slots, columns(obs) + [np.array([-1.25], "<f8").tobytes(), bytes([1, 0, 1])]
+                     + columns(reset_obs), {"info": {"0": {"x": 1}}, "reward": {"0": {"bonus": 2.0}}})
+    assert data == expected
+    batch = codec.read_step_reply(Frame(data))
+    one_obs, reward, terminated, truncated, one_reset, info, components = codec.read_one_step_reply(Frame(data))
+    assert (reward, terminated, truncated, info, components) == (-1.25, True, False, {"x": 1}, {"bonus": 2.0})
+    assert (batch.reward.tolist(), batch.terminated.tolist(), batch.truncated.tolist()) == ([-1.25], [True], [False])
+    for n in ALL_SPACES.names:
+        assert np.array_equal(one_obs[n], batch.obs[n][0]) and np.array_equal(one_reset[n], batch.reset_obs[n][0])
+    plain = codec.step_reply(slots, obs, [0.5], [0], [0], None, np.array([False]), {}, {})
+    assert codec.read_one_step_reply(Frame(plain))[1:] == (0.5, False, False, None, {}, None)
+    with pytest.raises(WireError, match="too short"):
+        codec.read_one_step_reply(Frame(plain[:-2]))
+
+
 def test_malformed_frames_are_refused_with_the_reason():
     codec = EnvCodec(ALL_SPACES, DataInfo("action", (2,), np.float32))
     good = codec.step_request(np.array([0], np.uint32), {"action": np.zeros((1, 2), np.float32)})

@@ -182,6 +182,9 @@ class _Session:
         """Send every pending action in one STEP frame and keep the results for their environments."""
         self.check()
         order = list(self.pending)
+        if len(order) == 1:
+            self._flush_one(order[0])
+            return
         rows = [self.pending[s] for s in order]
         actions = {n: stack_rows([row[n] for row in rows]) for n in self.codec.action.names}
         self.pending.clear()
@@ -198,6 +201,19 @@ class _Session:
                                             truncated[j], batch.infos.get(j, {}))
             if reset_rows[j] >= 0:
                 self.autoreset_obs[slot] = {n: batch.reset_obs[n][reset_rows[j]] for n in names}
+
+    def _flush_one(self, slot: int) -> None:
+        """``flush`` of one environment: the same frames, read into plain values (a third of the
+        client's framing time goes to one-element arrays otherwise)."""
+        row = self.pending.pop(slot)
+        actions = {n: row[n][None] for n in self.codec.action.names}
+        request = self.codec.step_request(np.array([slot], np.uint32), actions)
+        received = self._request(self.data_subject, request, Kind.STEP_REPLY)
+        obs, total, terminated, truncated, reset_obs, info, components = self.codec.read_one_step_reply(received)
+        reward = {"total_reward": total, **components} if components else {"total_reward": total}
+        self.results[slot] = StepResult(obs, reward, terminated, truncated, info)
+        if reset_obs is not None:
+            self.autoreset_obs[slot] = reset_obs
 
 
 _SESSIONS: "weakref.WeakValueDictionary[tuple, _Session]" = weakref.WeakValueDictionary()
@@ -402,7 +418,8 @@ class NatsEnv(RLBaseEnv):
             result = result._replace(truncated=True)
         if self.protocol == "gym-nats" and (result.terminated or result.truncated):
             _GYM_NATS_IN_EPISODE.pop(self._system_key(), None)
-        return result._replace(obs=self.check_obs(result.obs, action_dict))
+        obs = self.check_obs(result.obs, action_dict)
+        return result if obs is result.obs else result._replace(obs=obs)
 
     def close(self) -> None:
         """Give this copy's instance back to the server (the session ends with its last copy)."""

@@ -206,9 +206,7 @@ class LoopRunner:
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run ``coro`` on the loop from this thread and return its result."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        if asyncio._get_running_loop() is None:  # (get_running_loop() raises instead: ~1 us a step)
             with self._lock:
                 return self.loop.run_until_complete(coro)
         # this thread already runs another loop (a notebook, an async application): use a helper

@@ -212,6 +212,9 @@ class StepBatch:
     __slots__ = ("obs", "reward", "terminated", "truncated", "reset_rows", "reset_obs", "infos", "rewards")
 
 
+#: the rewards and flags of a one-environment STEP_REPLY: total_reward f64, terminated, truncated, reset u8
+_ONE_STEP = struct.Struct("<dBBB")
+
 _NO_RESETS = np.full(1024, -1)
 _NO_RESETS.setflags(write=False)
 _NO_META: dict = {}
@@ -239,11 +242,15 @@ class EnvCodec:
         """The reply to a STEP; ``reset_obs`` holds one row per True entry of ``reset_mask``."""
         k = len(slots)
         body = self.obs.encode(obs, k)
-        body += [memoryview(np.ascontiguousarray(reward, REWARD_DTYPE)).cast("B"),
-                 memoryview(np.ascontiguousarray(terminated, FLAG_DTYPE)).cast("B"),
-                 memoryview(np.ascontiguousarray(truncated, FLAG_DTYPE)).cast("B"),
-                 memoryview(np.ascontiguousarray(reset_mask, FLAG_DTYPE)).cast("B")]
-        resets = int(np.count_nonzero(reset_mask))
+        if k == 1:  # the same bytes as below, without four one-element arrays
+            resets = int(bool(reset_mask[0]))
+            body.append(_ONE_STEP.pack(float(reward[0]), bool(terminated[0]), bool(truncated[0]), resets))
+        else:
+            body += [memoryview(np.ascontiguousarray(reward, REWARD_DTYPE)).cast("B"),
+                     memoryview(np.ascontiguousarray(terminated, FLAG_DTYPE)).cast("B"),
+                     memoryview(np.ascontiguousarray(truncated, FLAG_DTYPE)).cast("B"),
+                     memoryview(np.ascontiguousarray(reset_mask, FLAG_DTYPE)).cast("B")]
+            resets = int(np.count_nonzero(reset_mask))
         if resets:
             body += self.obs.encode(reset_obs, resets)
         meta = None
@@ -274,6 +281,31 @@ class EnvCodec:
         out.infos = {int(i): v for i, v in meta.get("info", {}).items()}
         out.rewards = {int(i): v for i, v in meta.get("reward", {}).items()}
         return out
+
+    def read_one_step_reply(self, received: Frame) -> tuple:
+        """A STEP_REPLY of one environment, read as ``read_step_reply`` reads it (the same checks)
+        into plain values: ``(obs, total_reward, terminated, truncated, reset_obs, info, rewards)``,
+        ``obs`` and ``reset_obs`` (None when the far side did not reset) as ``{name: row view}``.
+
+        Raises:
+            WireError: the frame is not about exactly one environment, or its lengths do not fit.
+        """
+        if len(received.slots) != 1:
+            raise WireError(f"expected a step reply of one environment, got {len(received.slots)}")
+        buf = received.buffer
+        obs, offset = self.obs.decode(buf, received.body_start, 1)
+        if offset + _ONE_STEP.size > received.body_end:
+            raise WireError("step reply too short for the rewards and flags of one environment")
+        reward, terminated, truncated, reset = _ONE_STEP.unpack_from(buf, offset)
+        offset += _ONE_STEP.size
+        reset_obs = None
+        if reset:
+            reset_obs, offset = self.obs.decode(buf, offset, 1)
+            reset_obs = {n: v[0] for n, v in reset_obs.items()}
+        received.expect_body(offset)
+        meta = received.meta or _NO_META
+        return ({n: v[0] for n, v in obs.items()}, reward, terminated != 0, truncated != 0, reset_obs,
+                meta.get("info", _NO_META).get("0", {}), meta.get("reward", _NO_META).get("0"))
 
     @staticmethod
     def reset_request(slots: np.ndarray, seeds: Sequence[int | None]) -> bytes:
