@@ -140,13 +140,17 @@ def override(func_name: str) -> Callable[[Callable], Callable]:
 
 # --- JSON of spaces and values ------------------------------------------------------------------
 def _json_number(value: Any) -> float | None:
-    number = float(np.asarray(value).reshape(()))
+    number = float(value) if isinstance(value, float) else float(np.asarray(value).reshape(()))
     return number if math.isfinite(number) else None
 
 
 def _json_value(value: Any) -> Any:
     """An observation or action as JSON data; non-finite floats become None."""
     if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and value.ndim == 1:
+            # checked as Python floats: np.isfinite(...).all() costs more than the list for a few entries
+            values = value.tolist()
+            return values if all(map(math.isfinite, values)) else [v if math.isfinite(v) else None for v in values]
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             return json_safe(value)
         return value.tolist()
@@ -178,13 +182,25 @@ def space_info(space: Any) -> dict[str, Any]:
     return info
 
 
+def _spaces() -> Any:
+    """gymnasium.spaces, imported on first use (a module-level import would load gymnasium with aquaml)."""
+    global _SPACES
+    if _SPACES is None:
+        from gymnasium import spaces
+        _SPACES = spaces
+    return _SPACES
+
+
+_SPACES = None
+
+
 def _action(space: Any, action: Any) -> Any:
     """The client's JSON action as the space's type.
 
     Raises:
         WrongAction: it has the wrong type or shape, or lies outside a discrete space.
     """
-    from gymnasium import spaces
+    spaces = _spaces()
     if isinstance(space, spaces.Discrete):  # a range check: the environment checks again
         if isinstance(action, bool) or not isinstance(action, int) or not \
                 int(space.start) <= action < int(space.start) + int(space.n):
@@ -220,6 +236,11 @@ _SIGNATURES = {"make": ({"env_id"}, {"seed"}), "step": ({"instance_id", "action"
                "reset": ({"instance_id"}, {"seed"}), "close": ({"instance_id"}, set()),
                "observation_space": ({"instance_id"}, set()), "action_space": ({"instance_id"}, set()),
                "action_sample": ({"instance_id"}, set())}
+
+
+#: method -> (required parameters, every parameter it takes)
+_PARAMETERS = {method: (frozenset(required), frozenset(required | optional))
+               for method, (required, optional) in _SIGNATURES.items()}
 
 
 def _reject_constant(name: str) -> None:
@@ -263,8 +284,8 @@ class _Connection:
         method, params = data["method"], data["params"]
         if not isinstance(method, str) or method not in _SIGNATURES:
             raise _Close(WRONG_REQUEST, f"Method `{_short(method)}` not found")
-        required, optional = _SIGNATURES[method]
-        if not isinstance(params, dict) or not required <= set(params) or not set(params) <= required | optional:
+        required, allowed = _PARAMETERS[method]
+        if not isinstance(params, dict) or not required <= params.keys() <= allowed:
             raise _Close(WRONG_REQUEST, f"Parameters `{_short(params)}` are wrong")
         try:
             return self.methods[method](**params)
