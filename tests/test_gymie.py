@@ -360,3 +360,41 @@ def test_a_silent_server_times_out_naming_the_method():
         server.stop()
     with pytest.raises(ConnectionError, match="cannot open a WebSocket"):
         _Channel(f"ws://127.0.0.1:{port}", None, 1.0, 1.0, False)
+
+
+def test_fragmented_pipelined_and_unread_requests_are_answered_in_order(gymie_server):
+    """Messages are answered as they arrive: a fragmented one once whole, tens of thousands sent
+    ahead of their replies in order (the server stops reading while its replies are not read,
+    and goes on when they are), and a text frame that is not UTF-8 closes with 1007 as
+    websockets' reader closes it."""
+    import asyncio
+    import socket
+    from websockets.asyncio.client import connect as connect_async
+
+    url = f"ws://127.0.0.1:{gymie_server}/gym"
+    methods = ["observation_space" if i % 3 == 0 else "action_space" for i in range(60_000)]
+
+    async def pipelined():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # unread replies fill the server's buffer
+        sock.connect(("127.0.0.1", gymie_server))
+        async with connect_async(url, sock=sock) as ws:
+            await ws.send(['{"method": "make", ', '"params": {"env_id": ', '"CartPole-v1"}}'])  # three frames
+            instance = await asyncio.wait_for(ws.recv(), 10)
+            assert re.fullmatch(r"[0-9a-f]{32}", instance)
+
+            async def send_all():
+                for m in methods:
+                    await ws.send(json.dumps({"method": m, "params": {"instance_id": instance}}))
+            sender = asyncio.get_running_loop().create_task(send_all())
+            await asyncio.sleep(1.0)  # replies pile up unread meanwhile
+            names = [json.loads(await asyncio.wait_for(ws.recv(), 30))["name"] for _ in methods]
+            await asyncio.wait_for(sender, 30)
+            return names
+
+    assert asyncio.run(pipelined()) == ["Box" if m == "observation_space" else "Discrete" for m in methods]
+    with connect(url, legacy=True) as ws:
+        ws.send(b'{"method": "\xff"}', text=True)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+        assert info.value.rcvd.code == 1007
