@@ -43,7 +43,14 @@ def _websockets() -> Any:
         import websockets.uri
     except ImportError:  # pragma: no cover - the remote extra is part of the normal install
         raise ImportError("GymieEnv needs websockets: pip install 'aquaml[remote]' (or pip install websockets)") from None
+    global _TEXT, _BINARY, _PONG, _CLOSED
+    # compared by identity per frame: an enum's .name is a descriptor lookup (~1 us each here)
+    _TEXT, _BINARY, _PONG = websockets.frames.Opcode.TEXT, websockets.frames.Opcode.BINARY, websockets.frames.Opcode.PONG
+    _CLOSED = websockets.protocol.State.CLOSED
     return websockets
+
+
+_TEXT = _BINARY = _PONG = _CLOSED = None  # websockets' opcodes and closed state, set by _websockets()
 
 
 def _safe_url(url: str) -> str:
@@ -127,12 +134,14 @@ class _Channel:
             self.protocol.receive_eof()
         for event in self.protocol.events_received():
             opcode = getattr(event, "opcode", None)
-            if opcode is not None and opcode.name in ("TEXT", "BINARY"):
-                self.frames.append(event.data.decode() if opcode.name == "TEXT" else bytes(event.data))
-            elif opcode is not None and opcode.name == "PONG":
+            if opcode is _TEXT:
+                self.frames.append(event.data.decode())
+            elif opcode is _BINARY:
+                self.frames.append(bytes(event.data))
+            elif opcode is _PONG:
                 self.last_pong = time.monotonic()
         self._write()  # pongs and the answer to a close, which the protocol prepares itself
-        if self.protocol.state.name == "CLOSED" and not self.frames:
+        if self.protocol.state is _CLOSED and not self.frames:
             raise self.protocol.close_exc
 
     def send(self, method: str, params: Mapping[str, Any]) -> int:
