@@ -468,6 +468,7 @@ def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluati
     the ``on_evaluation`` and ``abort_on_error`` of RLTaskStarter and more config.json entries.
     """
     from aquaml import RLTaskStarter
+    from aquaml.algos.registry import default_models
     from aquaml.envs.urls import is_env_url, make_env
     from aquaml.run.checkpoint import CheckpointError
 
@@ -485,8 +486,7 @@ def make_train_starter(cli: dict[str, Any], *, mpi_comm: Any = None, on_evaluati
     except ValueError as exc:
         raise CLIError(f"--env {args.env} --algo {args.algo}: {exc}") from None
     try:
-        models = algo_cls.default_models(probe.obs_info, probe.action_info, hidden, args.learning_rate,
-                                         **algo_cls.model_options(params))
+        models = default_models(algo_cls, probe.obs_info, probe.action_info, hidden, args.learning_rate, params)
     except NotImplementedError as exc:
         raise CLIError(f"--algo {args.algo}: {exc}") from None
     probe.close()
