@@ -177,7 +177,8 @@ class Algorithm(abc.ABC):
         ``directory``, each file atomically."""
 
     def _compiled(self, name: str) -> Any:
-        """``self._<name>`` (a ``tf.function`` with an input signature), traced once and called
+        """``self._<name>`` (a ``tf.function`` with an input signature), traced at its first use (a
+        test may replace what it calls before, as test_sac replaces SAC's ``_noise``) and called
         through ``aquaml.compiled.CompiledCall`` (less Python per call than the public call)."""
         calls = self.__dict__.setdefault("_compiled_calls", {})
         call = calls.get(name)
