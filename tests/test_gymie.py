@@ -398,3 +398,12 @@ def test_fragmented_pipelined_and_unread_requests_are_answered_in_order(gymie_se
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=10)
         assert info.value.rcvd.code == 1007
+
+
+def test_observations_become_json_with_non_finite_floats_as_null():
+    """RFC 8259 has no NaN or Infinity: such entries go out as null, on the one-row fast path too."""
+    from aquaml.envs.gymie_serve import _json_value
+    assert _json_value(np.array([1.5, np.nan, -np.inf], np.float32)) == [1.5, None, None]
+    assert _json_value(np.array([0.25, 2.0])) == [0.25, 2.0]
+    assert _json_value(np.array([[1.0, np.nan]])) == [[1.0, None]]
+    assert _json_value(np.array([3, 4], np.int64)) == [3, 4]

@@ -150,7 +150,7 @@ def _json_value(value: Any) -> Any:
         if value.dtype.kind == "f" and value.ndim == 1:
             # checked as Python floats: np.isfinite(...).all() costs more than the list for a few entries
             values = value.tolist()
-            return values if all(map(math.isfinite, values)) else [v if math.isfinite(v) else None for v in values]
+            return values if all(map(math.isfinite, values)) else json_safe(value)
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             return json_safe(value)
         return value.tolist()
