@@ -1,4 +1,5 @@
 """Small environments and models for tests."""
+import csv
 import importlib
 import os
 import sys
@@ -113,3 +114,13 @@ def rank_pids(proc, count: int, timeout: float = 300.0) -> dict[int, int]:
             assert chunk, f"the output ended after {len(pids)} of {count} ranks started (exit code {proc.wait()}): " \
                           f"{text[-2000:]!r}"
             text += chunk
+
+
+#: progress.csv's wall-clock columns, which differ between any two runs
+TIMING = ("time/elapsed_s", "time/eval_s", "charts/SPS", "charts/UPS")
+
+
+def curve(run_dir) -> list[dict[str, str]]:
+    """progress.csv's rows without the wall-clock columns (``TIMING``)."""
+    with open(os.path.join(run_dir, "progress.csv")) as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]

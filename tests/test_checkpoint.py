@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import MLPActor, MLPQ
+from helpers import MLPActor, MLPQ, curve
 
 from aquaml import CheckpointError, RLTaskStarter, SACParameters
 from aquaml.run.checkpoint import Checkpointer
@@ -20,13 +20,6 @@ from aquaml.run.checkpoint import Checkpointer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "resumable.py")
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-TIMING = ("time/elapsed_s", "time/eval_s", "charts/SPS", "charts/UPS")
-
-
-def curve(run_dir):
-    """progress.csv without the wall-clock columns (which differ between any two runs)."""
-    with open(os.path.join(run_dir, "progress.csv")) as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
 
 
 def clean_env():

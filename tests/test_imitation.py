@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import load_tutorial
+from helpers import curve, load_tutorial
 
 import aquaml
 from aquaml import (DataInfo, GailPPO, GailPPOParameters, GailSAC, GailSACParameters, GymnasiumEnv,
@@ -403,12 +403,6 @@ class StoppingPendulum(GymnasiumEnv):
         return super().step(action_dict)
 
 
-def progress(run_dir):
-    with open(os.path.join(run_dir, "progress.csv")) as f:
-        return [{k: v for k, v in row.items() if k not in ("time/elapsed_s", "time/eval_s", "charts/SPS", "charts/UPS")}
-                for row in csv.DictReader(f)]
-
-
 @pytest.mark.parametrize("algo", ["gail-sac", "amp-ppo"])
 def test_a_run_stopped_and_resumed_matches_an_uninterrupted_one(algo, tmp_path):
     """SIGTERM mid-run, then resume: the progress.csv and the discriminator's weights equal an
@@ -434,7 +428,7 @@ def test_a_run_stopped_and_resumed_matches_an_uninterrupted_one(algo, tmp_path):
     stopped = run("stopped", 350)
     assert stopped.interrupted
     resumed = run("stopped", 0, resume=True)
-    assert progress(resumed.run_dir) == progress(full.run_dir)
+    assert curve(resumed.run_dir) == curve(full.run_dir)
     for a, b in zip(full.algo.discriminator.spec.model.weights, resumed.algo.discriminator.spec.model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert "models/discriminator.weights.h5" in {os.path.relpath(os.path.join(d, f), full.run_dir)
